@@ -1,0 +1,3 @@
+from vcmon.cli import main
+
+raise SystemExit(main())
