@@ -1,0 +1,4 @@
+"""The province lab: network namespaces, impairment profiles and a user-space ICMP responder.
+
+Everything here serves tests, benchmarks and the demo; the daemon itself never imports it.
+"""
