@@ -441,6 +441,11 @@ class IcmpEngine:
         return self._ident
 
     @property
+    def payload(self) -> bytes:
+        """The payload of our echo requests; it starts with the per-engine cookie."""
+        return self._payload
+
+    @property
     def outstanding(self) -> int:
         """Echoes of running rounds still waiting for an answer."""
         return sum(r.pending for r in self._rounds)
