@@ -368,13 +368,16 @@ async def test_pacing_caps_the_echo_rate() -> None:
 
 
 def test_pacer_sequence() -> None:
-    pacer = _Pacer(rate=10.0, burst=3)
-    delays = [pacer.reserve(t) for t in (0.0, 0.0, 0.0, 0.0, 0.0)]
-    assert delays == pytest.approx([0.0, 0.0, 0.0, 0.1, 0.2])
-    assert pacer.reserve(5.0) == 0.0  # idle time refills the bucket
-    assert pacer.reserve(5.0) == 0.0
-    assert pacer.reserve(5.0) == 0.0
-    assert pacer.reserve(5.0) == pytest.approx(0.1)
+    pacer = _Pacer(rate=10.0, burst=3)  # three at once, then one every 100 ms
+
+    def send(now: float) -> float:
+        wait = pacer.wait(now)
+        pacer.take(now + wait)
+        return wait
+
+    assert [send(0.0) for _ in range(5)] == pytest.approx([0.0, 0.0, 0.0, 0.1, 0.2])
+    assert pacer.wait(5.0) == 0.0  # idle time refills the bucket
+    assert [send(5.0) for _ in range(4)] == pytest.approx([0.0, 0.0, 0.0, 0.1])
 
 
 @pytest.mark.parametrize(
@@ -476,6 +479,42 @@ def test_unavailable_is_raised_by_start(monkeypatch: pytest.MonkeyPatch) -> None
 
     with pytest.raises(IcmpUnavailable, match="ping_group_range"):
         asyncio.run(start())
+
+
+async def test_missing_ipv6_does_not_break_ipv4(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import vcmon.probes.icmp as icmp
+
+    real = icmp.open_icmp_socket
+
+    def no_ipv6(family: int, kind: str) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, kind)
+
+    monkeypatch.setattr(icmp, "open_icmp_socket", no_ipv6)
+    async with IcmpEngine() as engine:
+        v4 = await engine.ping_round("127.0.0.1", FAST, Tally())
+        v6 = await engine.ping_round("::1", FAST, Tally())
+    assert outcomes(v4) == ["ok"] * 5
+    assert v6 == RoundResult(
+        (),
+        failure="IPv6 ICMP socket unavailable: [Errno 97] Address family not supported by protocol",
+    )
+
+
+async def test_close_ends_running_rounds_with_what_they_have() -> None:
+    settings = RoundSettings(count=50, spacing=0.05, timeout=1.0)
+    engine = IcmpEngine()
+    await engine.start()
+    task = asyncio.create_task(engine.ping_round("127.0.0.1", settings, Tally()))
+    await wait_until(lambda: engine.tracked >= 2, "two echoes out")
+    engine.close()
+    async with asyncio.timeout(2):
+        result = await task
+    assert 2 <= len(result.echoes) < 50
+    assert all(e.outcome is Outcome.OK for e in result.echoes[:-1])
 
 
 # -- in a fresh network namespace, both socket modes --------------------------------------------

@@ -12,13 +12,17 @@ Why it is built this way (DESIGN.md §2, "Measuring honestly"):
   ``sendto`` from the same clock, so neither a busy event loop nor pacing delays show up in the
   RTT. Whether a reply is late is decided by those timestamps, never by when the loop woke up:
   the socket is drained once more before a round is finalised.
-- Sends go through a global token bucket so thousands of endpoints never burst at once.
+- Sends go through a global token bucket so thousands of endpoints never burst at once. One
+  engine-wide timer sends every due echo from a heap of absolute send times (no task wakeup
+  or timer per echo); a round awaits one future, completed by its last answer or by its one
+  deadline timer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import heapq
 import logging
 import os
 import random
@@ -64,11 +68,14 @@ ICMP6_FILTER: Final = 1
 IP_RECVERR: Final = 11
 IPV6_RECVERR: Final = 25
 
+_MSG_TRUNC: Final = int(socket.MSG_TRUNC)  # a plain int: IntFlag arithmetic is slow
+_SOL_SOCKET: Final = int(socket.SOL_SOCKET)
 _TIMESPEC = struct.Struct("@ll")  # struct timespec: two native longs
 _RCVBUF: Final = 4 << 20  # rides out a loop stall of ~1 s at 5,000 replies/s
 _ANCBUFSIZE: Final = 256  # a timespec, or a sock_extended_err plus the offender's address
 _BATCH: Final = 4096  # packets per readable event; level-triggered epoll calls again
 _GRACE: Final = 0.002  # s; the round timer may fire a hair early against the realtime clock
+_EARLY: Final = 0.0002  # s; echoes due this soon go out with the current batch
 _COOKIE_LEN: Final = 8
 
 # Round states of one echo.
@@ -217,7 +224,7 @@ def _target(address: str) -> tuple[int, str, tuple[str, int] | tuple[str, int, i
 
 
 class _Pacer:
-    """Global token bucket as a GCRA: each send reserves the next slot, FIFO-fair, no retries."""
+    """Global token bucket as a GCRA: a send may go when ``wait`` is 0, then ``take`` it."""
 
     __slots__ = ("_interval", "_tat", "_tolerance")
 
@@ -226,12 +233,14 @@ class _Pacer:
         self._tolerance = (burst - 1) * self._interval
         self._tat = 0.0  # theoretical arrival time of the next send
 
-    def reserve(self, now: float) -> float:
-        """Reserve one send; return how long to wait before sending (0 if a token is free)."""
-        tat = self._tat if self._tat > now else now
-        self._tat = tat + self._interval
-        delay = tat - self._tolerance - now
+    def wait(self, now: float) -> float:
+        """Seconds until a token is free (0.0 if one is free now)."""
+        delay = (self._tat if self._tat > now else now) - self._tolerance - now
         return delay if delay > 0.0 else 0.0
+
+    def take(self, now: float) -> None:
+        """Spend one token."""
+        self._tat = (self._tat if self._tat > now else now) + self._interval
 
 
 class _Family:
@@ -268,9 +277,13 @@ class _Round:
     """The echoes of one round, by index in send order."""
 
     __slots__ = (
+        "all_sent",
+        "count",
+        "deadline",
         "dest",
         "duplicates",
         "finished",
+        "last_sent_at",
         "pending",
         "reasons",
         "rtt_ns",
@@ -280,13 +293,18 @@ class _Round:
         "seqs",
         "state",
         "tally",
+        "timeout",
         "timeout_ns",
         "waiter",
     )
 
-    def __init__(self, dest: _Dest, tally: Tally, count: int, timeout: float) -> None:
+    def __init__(
+        self, dest: _Dest, tally: Tally, count: int, timeout: float, waiter: asyncio.Future[None]
+    ) -> None:
         self.dest = dest
         self.tally = tally
+        self.count = count
+        self.timeout = timeout
         self.timeout_ns = int(timeout * 1e9)
         self.seqs = [0] * count
         self.sent_ns = [0] * count
@@ -297,13 +315,15 @@ class _Round:
         self.sent = 0  # echoes handed to sendto, successfully or not
         self.pending = 0  # sent and not yet answered, errored or late
         self.duplicates = 0
+        self.all_sent = False
+        self.last_sent_at = -1.0  # loop time of the last echo that went out
         self.finished = False
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiter = waiter  # done when every echo is answered or the last deadline passed
+        self.deadline: asyncio.TimerHandle | None = None
 
     def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if not self.waiter.done():
+            self.waiter.set_result(None)
 
     def result(self) -> RoundResult:
         echoes = []
@@ -316,11 +336,6 @@ class _Round:
             else:
                 echoes.append(Echo(self.seqs[i], Outcome.TIMEOUT))
         return RoundResult(tuple(echoes), duplicates=self.duplicates)
-
-
-def _wake_future(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 class IcmpEngine:
@@ -368,9 +383,14 @@ class IcmpEngine:
         self._dests: dict[str, _Dest] = {}
         self._rounds: set[_Round] = set()
         self._retired: deque[tuple[float, _Round]] = deque()
+        self._queue: list[tuple[float, int, _Round, int]] = []  # (due, order, round, index)
+        self._order = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._warned_bug = False
+        self._recv_errors_logged: set[int | None] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -410,10 +430,15 @@ class IcmpEngine:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(fam.fd)
             fam.sock.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._queue.clear()
         for r in self._rounds:
             r.wake()
         self._retired.clear()
         self._dests.clear()
+        log.info("ICMP engine closed; ignored packets: %s", self.counters or "none")
 
     async def __aenter__(self) -> IcmpEngine:
         await self.start()
@@ -481,31 +506,18 @@ class IcmpEngine:
         dest = self._dests.get(key)
         if dest is None:
             dest = self._dests[key] = _Dest(key, fam, sockaddr)
-        r = _Round(dest, tally, count, settings.timeout)
+        r = _Round(dest, tally, count, settings.timeout, loop.create_future())
         dest.active += 1
         self._rounds.add(r)
         try:
+            # Absolute send times, so spacing does not drift; one shared timer sends them all.
             start = loop.time()
-            deadline = start
+            queue = self._queue
             for i in range(count):
-                if i:
-                    delay = start + i * settings.spacing - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                delay = self._pacer.reserve(loop.time())
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if self._closed:
-                    break
-                if self._send(r, i):
-                    deadline = loop.time() + settings.timeout
-            if r.pending and not self._closed:
-                r.waiter = loop.create_future()
-                timer = loop.call_at(deadline + _GRACE, _wake_future, r.waiter)
-                try:
-                    await r.waiter
-                finally:
-                    timer.cancel()
+                self._order += 1
+                heapq.heappush(queue, (start + i * settings.spacing, self._order, r, i))
+            self._pump()
+            await r.waiter
             if not self._closed:
                 # A busy loop may wake up late: take whatever the kernel already stamped.
                 self._drain(fam)
@@ -516,9 +528,56 @@ class IcmpEngine:
         finally:
             dest.active -= 1
             self._rounds.discard(r)
+            if r.deadline is not None:
+                r.deadline.cancel()
             if not r.finished:  # cancelled or failed: nothing of it stays outstanding
-                r.finished = True
+                r.finished = True  # its queued sends are skipped
                 self._forget(r)
+
+    def _arm(self, when: float) -> None:
+        """Make sure the send timer fires no later than ``when``."""
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return
+            self._timer.cancel()
+        self._timer_at = when
+        assert self._loop is not None
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send every queued echo that is due, as fast as the token bucket allows."""
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        queue = self._queue
+        pacer = self._pacer
+        now = loop.time()
+        while queue:
+            due, _, r, i = queue[0]
+            if r.finished:
+                heapq.heappop(queue)
+                continue
+            if due > now + _EARLY:
+                self._arm(due)
+                return
+            wait = pacer.wait(now)
+            if wait > 0.0:
+                self._arm(now + wait)
+                return
+            heapq.heappop(queue)
+            pacer.take(now)
+            if self._send(r, i):
+                r.last_sent_at = loop.time()
+            if i == r.count - 1:
+                r.all_sent = True
+                if not r.pending:
+                    r.wake()
+                elif r.deadline is None:
+                    r.deadline = loop.call_at(r.last_sent_at + r.timeout + _GRACE, r.wake)
 
     def _send(self, r: _Round, i: int) -> bool:
         dest = r.dest
@@ -580,7 +639,9 @@ class IcmpEngine:
                 break
             except OSError as exc:
                 if fam.raw or self._closed:
-                    log.warning("ICMP receive failed: %s", exc)
+                    if exc.errno not in self._recv_errors_logged:
+                        self._recv_errors_logged.add(exc.errno)
+                        log.warning("ICMP receive failed: %s", exc)
                     break
                 # A datagram socket reports an ICMP error as a pending socket error; its
                 # details wait on the error queue.
@@ -588,7 +649,7 @@ class IcmpEngine:
                 continue
             rx_ns = 0
             for level, ctype, cdata in ancdata:
-                if ctype == SO_TIMESTAMPNS and level == socket.SOL_SOCKET:
+                if ctype == SO_TIMESTAMPNS and level == _SOL_SOCKET:
                     sec, nsec = _TIMESPEC.unpack_from(cdata)
                     rx_ns = sec * 1_000_000_000 + nsec
             try:
@@ -632,7 +693,7 @@ class IcmpEngine:
         elif fam.raw:
             # The kernel does not check ICMP checksums before raw delivery; a truncated
             # read cannot be checked.
-            parsed = parse_ipv4_packet(data, verify=not flags & socket.MSG_TRUNC)
+            parsed = parse_ipv4_packet(data, verify=not flags & _MSG_TRUNC)
         else:
             parsed = parse_icmp4(data)
         if isinstance(parsed, EchoReply):
@@ -680,7 +741,7 @@ class IcmpEngine:
             r.tally.late += 1
         if not r.finished:
             r.pending -= 1
-            if not r.pending:
+            if not r.pending and r.all_sent:
                 r.wake()
 
     def _on_error(self, dst: str, seq: int, reason: str) -> None:
@@ -697,7 +758,7 @@ class IcmpEngine:
         r.reasons[i] = reason
         if not r.finished:
             r.pending -= 1
-            if not r.pending:
+            if not r.pending and r.all_sent:
                 r.wake()
 
 
