@@ -722,20 +722,25 @@ async def test_garbage_is_counted_never_raised() -> None:
 
 async def test_identifier_and_cookie_filter_exactly() -> None:
     """A foreign pinger on the same address with colliding sequence numbers changes nothing."""
+    settings = RoundSettings(count=5, spacing=0.05, timeout=1.0)
 
     async def body() -> tuple[RoundResult, Tally, dict[str, int]]:
         tally = Tally()
         async with IcmpEngine(mode="raw") as engine:
             other = (engine.ident + 1) & 0xFFFF
+            task = asyncio.create_task(engine.ping_round("127.0.0.1", settings, tally))
+            # mid-round: sequence 0 is answered, 1…4 are still to come
+            await wait_until(lambda: engine.tracked == 1 and not engine.outstanding, "echo 0")
             with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
                 for seq in range(5):
                     s.sendto(build_echo_request(other, seq, engine.payload), ("127.0.0.1", 0))
                     # same identifier as ours (as if it collided), another payload
                     s.sendto(build_echo_request(engine.ident, seq, b"x" * 56), ("127.0.0.1", 0))
-                result = await engine.ping_round("127.0.0.1", FAST, tally)
+            result = await task
             await wait_until(
                 lambda: engine.counters == {"foreign_id": 5, "foreign_cookie": 5},
                 "10 foreign replies",
+                state=lambda: engine.counters,
             )
             return result, tally, dict(engine.counters)
 
