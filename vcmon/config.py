@@ -1,0 +1,1049 @@
+"""Config: YAML files validated into frozen, typed objects, with errors a network admin can act on.
+
+A config file holds top-level settings, inline ``endpoints`` and ``inventory`` files (each with
+its own ``endpoints`` list) that are concatenated with them. Every problem found is reported
+at once, each as ``file:line:column: path: what is wrong (what was expected)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import ipaddress
+import math
+import os
+import re
+import socket
+import unicodedata
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, TypeAlias, get_args, get_origin
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+Loc: TypeAlias = tuple[str | int, ...]
+
+MAX_PROBLEMS: Final = 20
+TIMING_KEYS: Final = ("interval", "count", "spacing", "timeout")
+# Labels vcmon puts on series itself; a free label of the same name would be ambiguous.
+RESERVED_LABELS: Final = frozenset(
+    {"endpoint", "probe", "district", "level", "name", "address", "site", "parent"}
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Problems
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a config, located as precisely as the source allows."""
+
+    file: str  # as the user would write it, e.g. config/province-231.yaml
+    path: str  # field path such as endpoints[17].address; "" for the file as a whole
+    message: str
+    line: int | None = None  # 1-based
+    column: int | None = None  # 1-based
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}:{self.column or 1}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``str(err)`` is the complete message, one problem a line."""
+
+    def __init__(self, problems: Sequence[Problem] | str) -> None:
+        self.problems: tuple[Problem, ...] = () if isinstance(problems, str) else tuple(problems)
+        if isinstance(problems, str):
+            text = problems
+        else:
+            lines = [str(p) for p in self.problems[:MAX_PROBLEMS]]
+            if len(self.problems) > MAX_PROBLEMS:
+                lines.append(f"... and {len(self.problems) - MAX_PROBLEMS} more problems")
+            text = "\n".join(lines)
+        super().__init__(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small text helpers, shared with the CSV import
+
+
+def ascii_fold(text: str) -> str:
+    """``text`` without diacritics: 'Đồng Tiến' → 'Dong Tien'."""
+    text = text.replace("đ", "d").replace("Đ", "D")
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def slugify(text: str, sep: str = "-") -> str:
+    """A lower-case ASCII slug of ``text``: 'Cô Tô / Đồng Tiến' → 'co-to-dong-tien'."""
+    return re.sub(r"[^a-z0-9]+", sep, ascii_fold(text).lower()).strip(sep)
+
+
+def label_name(text: str) -> str:
+    """A valid Prometheus label name derived from ``text`` ('' when nothing usable is left)."""
+    slug = slugify(text, "_")
+    return f"_{slug}" if slug[:1].isdigit() else slug
+
+
+def did_you_mean(word: str, choices: Collection[str]) -> str:
+    """' (did you mean 'x'?)' when a choice is close to ``word``, else ''."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Field validators. Each raises ValueError with a complete sentence: it is shown as is.
+
+_ID_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
+_LABEL_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOST_LABEL_RE: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_LISTEN_RE: Final = re.compile(r"\[(?P<v6>[^\]]+)\]:(?P<p6>\d+)|(?P<host>[^:\[\]]+):(?P<port>\d+)")
+_ADDRESS_EXAMPLES: Final = "expected e.g. 127.0.0.1, ::1 or host.example"
+
+
+def _not_bool(value: object) -> object:
+    # YAML reads yes/no/on/off as booleans, which pydantic would quietly take for 1 and 0.
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+def _positive(unit: str) -> Callable[[float], float]:
+    def check(value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"expected a number of {unit} greater than 0, got {value:g}")
+        return value
+
+    return check
+
+
+def _between(low: int, high: int) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}, got {value}")
+        return value
+
+    return check
+
+
+def _text(value: str) -> str:
+    # NFC, so that 'Cô Tô' typed on Windows and on a Mac is one district, not two.
+    value = unicodedata.normalize("NFC", value.strip())
+    if not value:
+        raise ValueError("must not be empty")
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError(f"{value!r} contains a control character (a line break or tab?)")
+    return value
+
+
+def _check_id(value: str) -> str:
+    if len(value) > 128 or not _ID_RE.fullmatch(value):
+        hint = f", e.g. '{slugify(value)}'" if slugify(value) and len(value) <= 128 else ""
+        raise ValueError(
+            f"{value!r} is not a valid id (expected up to 128 ASCII letters, digits, '_', '.' "
+            f"or '-'{hint})"
+        )
+    return value
+
+
+def is_hostname(value: str) -> bool:
+    """True when ``value`` is an RFC 1123 host name (an all-numeric last label is not)."""
+    name = value[:-1] if value.endswith(".") else value
+    labels = name.split(".")
+    return (
+        0 < len(name) <= 253
+        and all(_HOST_LABEL_RE.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()
+    )
+
+
+def check_address(value: str) -> str:
+    """``value`` if it is an IPv4 or IPv6 address or a host name, else ValueError saying why."""
+    value = value.strip()
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        return value
+    if is_hostname(value):
+        return value
+    if re.fullmatch(r"[0-9.]+", value):
+        raise ValueError(f"{value!r} is not a valid IPv4 address ({_ADDRESS_EXAMPLES})")
+    if ":" in value and re.fullmatch(r"[0-9A-Fa-f:.%\w\[\]]+", value):
+        note = " (write it without brackets)" if value.startswith("[") else ""
+        raise ValueError(f"{value!r} is not a valid IPv6 address{note} ({_ADDRESS_EXAMPLES})")
+    raise ValueError(f"{value!r} is not an IPv4/IPv6 address or hostname ({_ADDRESS_EXAMPLES})")
+
+
+def _check_listen(value: str) -> str:
+    expected = "expected host:port, e.g. 127.0.0.1:9231, [::1]:9231 or localhost:9231"
+    m = _LISTEN_RE.fullmatch(value.strip())
+    if m is None:
+        if value.count(":") > 1 and "[" not in value:
+            raise ValueError(f"{value!r}: put an IPv6 address in brackets ({expected})")
+        raise ValueError(f"{value!r} is not host:port ({expected})")
+    port = int(m["p6"] or m["port"])
+    if m["v6"] is not None:
+        try:
+            ipaddress.IPv6Address(m["v6"])
+        except ValueError:
+            raise ValueError(f"{m['v6']!r} is not an IPv6 address ({expected})") from None
+    else:
+        try:
+            check_address(m["host"])
+        except ValueError:
+            raise ValueError(f"{m['host']!r} is not an address or hostname ({expected})") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range (expected 1 to 65535)")
+    return value.strip()
+
+
+def _check_label_name(value: str) -> str:
+    if value.startswith("__"):
+        raise ValueError(
+            f"label name {value!r}: names starting with '__' are reserved by Prometheus"
+        )
+    if not _LABEL_RE.fullmatch(value):
+        hint = f", e.g. '{label_name(value)}'" if label_name(value) else ""
+        raise ValueError(
+            f"{value!r} is not a valid label name (expected ASCII letters, digits and '_', "
+            f"not starting with a digit{hint})"
+        )
+    if value in RESERVED_LABELS:
+        raise ValueError(
+            f"label name {value!r} is taken by vcmon's own labels "
+            f"({', '.join(sorted(RESERVED_LABELS))}); choose another name"
+        )
+    return value
+
+
+def _known_probes() -> frozenset[str]:
+    # Imported late: probe modules may import this one, and loading a config needs no engine.
+    from vcmon.probes.registry import PROBE_NAMES
+
+    return PROBE_NAMES
+
+
+def _check_probe(value: str) -> str:
+    known = _known_probes()
+    if value not in known:
+        raise ValueError(
+            f"unknown probe {value!r}{did_you_mean(value, known)} "
+            f"(expected one of {', '.join(sorted(known))})"
+        )
+    return value
+
+
+def _as_parents(value: object) -> object:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else value
+
+
+def _no_repeats(value: tuple[str, ...]) -> tuple[str, ...]:
+    repeated = sorted({p for p in value if value.count(p) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(map(repr, repeated))} listed more than once")
+    return value
+
+
+def _none_as_empty_mapping(value: object) -> object:
+    # A section whose keys are all commented out reads as null; treat it as empty.
+    return {} if value is None else value
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+Seconds = Annotated[float, BeforeValidator(_not_bool), AfterValidator(_positive("seconds"))]
+EchoCount = Annotated[int, BeforeValidator(_not_bool), AfterValidator(_between(1, 100))]
+Text = Annotated[str, AfterValidator(_text)]
+EndpointId = Annotated[str, AfterValidator(_check_id)]
+LabelName = Annotated[str, AfterValidator(_check_label_name)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Level(enum.StrEnum):
+    """Where an endpoint sits in the administrative tree."""
+
+    PROVINCE = "province"
+    DEPARTMENT = "department"
+    DISTRICT = "district"
+    COMMUNE = "commune"
+
+
+class Timing(_Frozen):
+    """One round's timing: ``count`` echoes ``spacing`` apart, every ``interval`` seconds."""
+
+    interval: Seconds = 10.0
+    count: EchoCount = 5
+    spacing: Seconds = 0.2
+    timeout: Seconds = 1.0
+
+    @property
+    def round_duration(self) -> float:
+        """Seconds from a round's first echo to the deadline of its last."""
+        # Rounded so 4 × 0.2 + 1 reads as 1.8, not 1.8000000000000003.
+        return round((self.count - 1) * self.spacing + self.timeout, 9)
+
+    @model_validator(mode="after")
+    def _round_fits(self) -> Timing:
+        # Rounds of one endpoint must not overlap, or their echoes would be matched wrongly.
+        if self.round_duration >= self.interval:
+            raise ValueError(
+                f"a round of {self.count} echoes {self.spacing:g} s apart with a "
+                f"{self.timeout:g} s timeout takes {self.round_duration:g} s, which does not fit "
+                f"in the interval of {self.interval:g} s (expected interval > "
+                f"{self.round_duration:g} s, or fewer echoes, less spacing or a shorter timeout)"
+            )
+        return self
+
+
+class IcmpSettings(_Frozen):
+    """The shared ICMP engine."""
+
+    socket: Literal["auto", "raw", "dgram"] = "auto"
+    max_rate: Annotated[
+        float, BeforeValidator(_not_bool), AfterValidator(_positive("echoes per second"))
+    ] = 5000.0
+    payload_size: Annotated[int, BeforeValidator(_not_bool), AfterValidator(_between(16, 1472))] = (
+        56
+    )
+
+
+class _EndpointFields(_Frozen):
+    """What an endpoint is, as written and as loaded."""
+
+    id: EndpointId
+    name: Text
+    address: Annotated[str, AfterValidator(check_address)]
+    district: Text
+    level: Annotated[Level, BeforeValidator(_lower)]
+    parent: Annotated[
+        tuple[EndpointId, ...], BeforeValidator(_as_parents), AfterValidator(_no_repeats)
+    ] = ()
+    site: Text | None = None
+    labels: Annotated[Mapping[LabelName, Text], BeforeValidator(_none_as_empty_mapping)] = Field(
+        default_factory=dict
+    )
+    probe: Annotated[str, AfterValidator(_check_probe)] = "icmp"
+
+
+class EndpointSpec(_EndpointFields):
+    """An endpoint as written in a file: timing keys, when present, override the defaults."""
+
+    interval: Seconds | None = None
+    count: EchoCount | None = None
+    spacing: Seconds | None = None
+    timeout: Seconds | None = None
+
+    def timing_overrides(self) -> dict[str, float | int]:
+        """The timing keys this endpoint sets itself."""
+        return {k: v for k in TIMING_KEYS if (v := getattr(self, k)) is not None}
+
+
+class Endpoint(_EndpointFields):
+    """One monitored room, with its timing resolved."""
+
+    timing: Timing
+
+    def __hash__(self) -> int:
+        # labels is a dict, which the generated hash would choke on.
+        return hash((self.id, self.address, self.parent, self.timing, tuple(self.labels.items())))
+
+
+class _Settings(_Frozen):
+    """Top-level settings; new sections (alerts, sinks) are added here."""
+
+    instance: Text = Field(default_factory=socket.gethostname)
+    listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:9231"
+    defaults: Annotated[Timing, BeforeValidator(_none_as_empty_mapping)] = Timing()
+    icmp: Annotated[IcmpSettings, BeforeValidator(_none_as_empty_mapping)] = IcmpSettings()
+    resolve_interval: Seconds = 300.0
+
+
+class _ConfigFile(_Settings):
+    """The shape of a main config file; ``inventory`` and ``endpoints`` are checked one by one."""
+
+    inventory: tuple[str, ...] = ()
+    endpoints: tuple[EndpointSpec, ...] = ()
+
+
+class _InventoryFile(_Frozen):
+    """The shape of an included inventory file."""
+
+    endpoints: tuple[EndpointSpec, ...]
+
+
+class Config(_Settings):
+    """A complete, valid configuration."""
+
+    source: Path
+    endpoints: tuple[Endpoint, ...]
+    _by_id: dict[str, Endpoint] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Index endpoints by id."""
+        self._by_id = {ep.id: ep for ep in self.endpoints}
+
+    def endpoint(self, id: str) -> Endpoint:
+        """The endpoint with this id; KeyError if there is none."""
+        try:
+            return self._by_id[id]
+        except KeyError:
+            raise KeyError(f"no endpoint with id {id!r}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with positions
+
+
+_ENV_RE: Final = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)(?P<close>\}?)")
+_ENV_BODY_RE: Final = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.S)
+
+
+def substitute_env(value: str, env: Mapping[str, str]) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}``; ``$${`` stands for a literal ``${``."""
+
+    def one(m: re.Match[str]) -> str:
+        if m[0] == "$${":
+            return "${"
+        if not m["close"]:
+            raise ValueError(
+                f"unclosed '${{' in {value!r} (expected ${{NAME}} or ${{NAME:-default}})"
+            )
+        body = _ENV_BODY_RE.fullmatch(m["body"])
+        if body is None:
+            raise ValueError(
+                f"bad variable reference '{m[0]}' (expected ${{NAME}} or ${{NAME:-default}})"
+            )
+        got = env.get(body["name"])
+        if body["default"] is not None:
+            return got if got else body["default"]
+        if got is None:
+            raise ValueError(
+                f"environment variable {body['name']} is not set "
+                f"(set it, or give a default: ${{{body['name']}:-value}})"
+            )
+        return got
+
+    return _ENV_RE.sub(one, value)
+
+
+@dataclass(slots=True)
+class _Source:
+    """One YAML file: its data, and where each key and value was written."""
+
+    name: str
+    data: Any = None
+    values: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    keys: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+    text: dict[Loc, str] = field(default_factory=dict)  # scalars as written
+    reported: set[Loc] = field(default_factory=set)  # already has a problem; say it once
+
+    def position(self, loc: Loc, key: bool = False) -> tuple[int, int] | None:
+        """(line, column) of ``loc``, or of the nearest enclosing node that was written."""
+        if key and loc in self.keys:
+            return self.keys[loc]
+        while loc:
+            if loc in self.values:
+                return self.values[loc]
+            loc = loc[:-1]
+        return self.values.get(())
+
+    def problem(self, loc: Loc, message: str, key: bool = False) -> Problem:
+        """A problem at ``loc`` of this file."""
+        pos = self.position(loc, key)
+        return Problem(self.name, format_path(loc), message, *(pos or (None, None)))
+
+
+def format_path(loc: Loc) -> str:
+    """('endpoints', 17, 'address') → 'endpoints[17].address'."""
+    out = ""
+    for seg in loc:
+        if isinstance(seg, int):
+            out += f"[{seg}]"
+        elif re.fullmatch(r"[A-Za-z_][\w-]*", seg):
+            out += f".{seg}" if out else seg
+        else:
+            out += f'["{seg}"]'
+    return out
+
+
+def _pos(mark: yaml.Mark) -> tuple[int, int]:
+    return mark.line + 1, mark.column + 1
+
+
+class _Builder:
+    """Turns a composed YAML node tree into plain data, recording positions as it goes."""
+
+    def __init__(self, loader: yaml.SafeLoader, source: _Source, env: Mapping[str, str]) -> None:
+        self.loader, self.source, self.env = loader, source, env
+        self.problems: list[Problem] = []
+        self._stack: set[int] = set()
+
+    def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self.source.values[loc] = _pos(node.start_mark)
+        if id(node) in self._stack:
+            self.problems.append(self.source.problem(loc, "an alias refers to itself"))
+            return None
+        self._stack.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, loc)
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
+            assert isinstance(node, yaml.ScalarNode)
+            return self._scalar(node, loc)
+        finally:
+            self._stack.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
+        own = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
+        self.loader.flatten_mapping(node)  # resolves '<<: *anchor' merge keys
+        out: dict[str, Any] = {}
+        written: set[str] = set()  # keys written in this mapping itself, not merged in
+        for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode):
+                self.problems.append(self.source.problem(loc, "a key must be plain text"))
+                continue
+            # The key as written: YAML 1.1 would read keys like 'on' or 'no' as booleans.
+            key = str(knode.value)
+            here = (*loc, key)
+            if key in written and id(knode) in own:
+                first = self.source.keys[here][0]
+                self.problems.append(
+                    Problem(
+                        self.source.name,
+                        format_path(here),
+                        f"key '{key}' appears twice (first on line {first})",
+                        *_pos(knode.start_mark),
+                    )
+                )
+                continue
+            if id(knode) in own:
+                written.add(key)
+            self.source.keys[here] = _pos(knode.start_mark)
+            out[key] = self.build(vnode, here)
+        return out
+
+    def _scalar(self, node: yaml.ScalarNode, loc: Loc) -> Any:
+        self.source.text[loc] = str(node.value)
+        value = self.loader.construct_object(node)
+        if isinstance(value, str) and "$" in value:
+            try:
+                value = substitute_env(value, self.env)
+            except ValueError as exc:
+                self.problems.append(self.source.problem(loc, str(exc)))
+                self.source.reported.add(loc)
+        return value
+
+
+def decode_text(raw: bytes, name: str) -> tuple[str | None, Problem | None]:
+    """``raw`` as text (a UTF-8 BOM is allowed), or a problem saying where it is not UTF-8."""
+    try:
+        return raw.decode("utf-8-sig"), None  # a BOM from Windows editors is harmless
+    except UnicodeDecodeError as exc:
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        problem = Problem(
+            name,
+            "",
+            f"byte 0x{raw[exc.start]:02x} is not UTF-8 text (save the file as UTF-8)",
+            raw.count(b"\n", 0, exc.start) + 1,
+            exc.start - line_start + 1,
+        )
+        return None, problem
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, expected a YAML file"
+    return f"cannot read: {exc.strerror or exc}"
+
+
+def _parse(text: str, source: _Source, env: Mapping[str, str]) -> list[Problem]:
+    """Fill ``source`` from YAML ``text``; the problems found on the way."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            source.data = None
+            return []
+        builder = _Builder(loader, source, env)
+        source.data = builder.build(node, ())
+        return builder.problems
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        what = exc.problem or exc.context or "unreadable"
+        if "'\\t'" in what:
+            what += " (indent with spaces, not tabs)"
+        elif exc.context and exc.problem:
+            what = f"{what} ({exc.context}"
+            if exc.context_mark is not None and exc.context_mark is not mark:
+                what += f" on line {exc.context_mark.line + 1}"
+            what += ")"
+        pos = _pos(mark) if mark is not None else (None, None)
+        return [Problem(source.name, "", f"YAML syntax error: {what}", *pos)]
+    except yaml.YAMLError as exc:
+        return [Problem(source.name, "", f"YAML syntax error: {exc}")]
+    finally:
+        loader.dispose()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pydantic errors in plain words
+
+
+def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    # Annotated[...], X | None, tuple[X, ...]: look inside.
+    if get_origin(annotation) is not None:
+        for arg in get_args(annotation):
+            found = _unwrap_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The model that validates the mapping at ``loc`` below ``model``."""
+    current: type[BaseModel] | None = model
+    for seg in loc:
+        if isinstance(seg, int):
+            continue
+        if current is None or seg not in current.model_fields:
+            return None
+        current = _unwrap_model(current.model_fields[seg].annotation)
+    return current
+
+
+def _describe(value: object, written: str | None) -> str:
+    if value is None:
+        return "nothing (an empty value)"
+    if isinstance(value, bool):
+        return written or str(value).lower()
+    if isinstance(value, int | float):
+        return f"the number {written or value}"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a mapping (key: value)"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"{written!r}" if written else type(value).__name__
+
+
+def _explain(err: ErrorDetails, model: type[BaseModel], loc: Loc, written: str | None) -> str:
+    """One pydantic error as a sentence a network admin understands."""
+    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    got = _describe(value, written)
+    if kind == "missing":
+        owner = _model_at(model, loc[:-1])
+        needed = [n for n, f in owner.model_fields.items() if f.is_required()] if owner else []
+        hint = f" (required here: {', '.join(needed)})" if len(needed) > 1 else ""
+        return f"required key '{loc[-1]}' is missing{hint}"
+    if kind == "extra_forbidden":
+        owner = _model_at(model, loc[:-1])
+        allowed = list(owner.model_fields) if owner else []
+        hint = did_you_mean(str(loc[-1]), allowed) or (
+            f" (expected one of: {', '.join(allowed)})" if allowed else ""
+        )
+        return f"unknown key '{loc[-1]}'{hint}"
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", err["msg"]))
+    if kind == "string_type":
+        quote = f' (write it in quotes: "{written}")' if written and value is not None else ""
+        return f"expected text, got {got}{quote}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected a whole number, got {got}"
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {got}"
+    if kind in ("dict_type", "model_type", "model_attributes_type", "mapping_type"):
+        return f"expected a mapping (key: value), got {got}"
+    if kind in ("list_type", "tuple_type", "iterable_type"):
+        return f"expected a list, got {got}"
+    if kind in ("literal_error", "enum"):
+        choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        hint = did_you_mean(str(value), choices) if isinstance(value, str) else ""
+        return f"{got} is not one of {', '.join(choices)}{hint}"
+    return f"{err['msg']} (got {got})"
+
+
+def _error_loc(err: ErrorDetails) -> tuple[Loc, bool]:
+    """The error's location without pydantic's '[key]' marker, and whether it names a key."""
+    loc = tuple(err["loc"])
+    if loc and loc[-1] == "[key]":
+        return loc[:-1], True
+    return loc, err["type"] == "extra_forbidden"
+
+
+def field_messages(exc: ValidationError, model: type[BaseModel]) -> list[tuple[str, str]]:
+    """(field path, message) for each error of ``exc``, raised while validating ``model``."""
+    out = []
+    for err in exc.errors():
+        loc, _ = _error_loc(err)
+        out.append((format_path(loc), _explain(err, model, loc, None)))
+    return out
+
+
+def _validate(
+    model: type[BaseModel], data: object, source: _Source, prefix: Loc, problems: list[Problem]
+) -> Any:
+    """``model`` validated from ``data`` at ``prefix`` of ``source``; None after problems."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc, is_key = _error_loc(err)
+            full = (*prefix, *loc)
+            # 'parent: x' is validated as a one-item list; point at the string, not at [0].
+            if full and isinstance(full[-1], int) and full not in source.values:
+                full = full[:-1]
+            if full in source.reported:
+                continue
+            message = _explain(err, model, loc, source.text.get(full))
+            problems.append(source.problem(full, message, key=is_key))
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The endpoint tree
+
+
+@dataclass(frozen=True, slots=True)
+class TreeIssue:
+    """A problem in the parent tree: at node ``index``, its id or its ``parent_pos``-th parent.
+
+    For a duplicate id, ``first`` is the node that used the id first.
+    """
+
+    index: int
+    parent_pos: int | None
+    message: str
+    first: int | None = None
+
+
+def tree_issues(ids: Sequence[str], parents: Sequence[Sequence[str]]) -> list[TreeIssue]:
+    """Duplicate ids, unknown or self parents and cycles among nodes ``ids``."""
+    issues: list[TreeIssue] = []
+    first: dict[str, int] = {}
+    for i, id_ in enumerate(ids):
+        if id_ in first:
+            issues.append(TreeIssue(i, None, f"duplicate id '{id_}'", first[id_]))
+        else:
+            first[id_] = i
+    for i, id_ in enumerate(ids):
+        for j, parent in enumerate(parents[i]):
+            if parent == id_:
+                issues.append(
+                    TreeIssue(
+                        i, j, f"'{parent}' is this endpoint itself; it cannot be its own parent"
+                    )
+                )
+            elif parent not in first:
+                hint = did_you_mean(parent, first)
+                issues.append(TreeIssue(i, j, f"unknown endpoint id '{parent}'{hint}"))
+    # Cycles, by depth-first search over the first endpoint of each id.
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    for start in first:
+        if state.get(start):
+            continue
+        path: list[str] = []
+        stack: list[tuple[str, Iterator[str]]] = [(start, iter(parents[first[start]]))]
+        state[start] = 1
+        path.append(start)
+        while stack:
+            node, todo = stack[-1]
+            nxt = next((p for p in todo if p in first and p != node), None)
+            if nxt is None:
+                stack.pop()
+                path.pop()
+                state[node] = 2
+            elif state.get(nxt) == 1:
+                cycle = [*path[path.index(nxt) :], nxt]
+                i = first[cycle[0]]
+                pos = list(parents[i]).index(cycle[1])
+                issues.append(
+                    TreeIssue(
+                        i, pos, f"dependency cycle {' → '.join(cycle)} (parents must form a tree)"
+                    )
+                )
+            elif not state.get(nxt):
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append((nxt, iter(parents[first[nxt]])))
+    return issues
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One endpoint as written, and where."""
+
+    source: _Source
+    index: int  # in its file's endpoints list
+    spec: EndpointSpec | None  # None when invalid
+
+    @property
+    def loc(self) -> Loc:
+        return ("endpoints", self.index)
+
+
+class _Unreadable(Exception):
+    """The file could not be read at all; the argument says why in plain words."""
+
+
+def _load_source(
+    path: Path, name: str, env: Mapping[str, str], problems: list[Problem]
+) -> _Source | None:
+    """The parsed file, or None after adding why it cannot be parsed to ``problems``."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise _Unreadable(_os_reason(exc)) from None
+    text, problem = decode_text(raw, name)
+    if text is None:
+        problems.append(problem or Problem(name, "", "not UTF-8 text"))
+        return None
+    source = _Source(name)
+    found = _parse(text, source, env)
+    problems.extend(found)
+    if any(not p.path for p in found):  # a syntax error: there is no data to check
+        return None
+    return source
+
+
+def _endpoints_of(source: _Source, raw: object, problems: list[Problem]) -> list[_Entry]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        problems.append(
+            source.problem(
+                ("endpoints",), f"expected a list of endpoints, got {_describe(raw, None)}"
+            )
+        )
+        return []
+    entries = []
+    for i, item in enumerate(raw):
+        loc: Loc = ("endpoints", i)
+        if not isinstance(item, dict):
+            problems.append(
+                source.problem(
+                    loc,
+                    f"expected an endpoint (a mapping with id, name, address, district, level), "
+                    f"got {_describe(item, source.text.get(loc))}",
+                )
+            )
+            entries.append(_Entry(source, i, None))
+            continue
+        spec = _validate(EndpointSpec, item, source, loc, problems)
+        entries.append(_Entry(source, i, spec))
+    return entries
+
+
+def _unknown_keys(source: _Source, data: dict[str, Any], allowed: Sequence[str]) -> list[Problem]:
+    out = []
+    for key in data:
+        if key not in allowed:
+            hint = did_you_mean(key, allowed) or f" (expected one of: {', '.join(allowed)})"
+            out.append(source.problem((key,), f"unknown key '{key}'{hint}", key=True))
+    return out
+
+
+def _inventory_paths(
+    source: _Source, raw: object, problems: list[Problem]
+) -> list[tuple[Loc, str]]:
+    if raw is None:
+        return []
+    items: list[tuple[Loc, object]]
+    if isinstance(raw, list):
+        items = [(("inventory", i), v) for i, v in enumerate(raw)]
+    else:
+        items = [(("inventory",), raw)]
+    out = []
+    for loc, value in items:
+        if isinstance(value, str) and value.strip():
+            out.append((loc, value.strip()))
+        else:
+            problems.append(
+                source.problem(
+                    loc, f"expected a file name, got {_describe(value, source.text.get(loc))}"
+                )
+            )
+    return out
+
+
+def _where(entry: _Entry, relative_to: _Source) -> str:
+    line = entry.source.position(entry.loc)
+    at = f" (line {line[0]})" if line else ""
+    if entry.source is relative_to:
+        return f"{format_path(entry.loc)}{at}"
+    return f"{format_path(entry.loc)} in {entry.source.name}{at}"
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and resolve a config file and its inventory files; ConfigError if wrong."""
+    env = os.environ if env is None else env
+    path = Path(path)
+    problems: list[Problem] = []
+    try:
+        main = _load_source(path, str(path), env, problems)
+    except _Unreadable as exc:
+        raise ConfigError([Problem(str(path), "", str(exc))]) from None
+    if main is None:
+        raise ConfigError(problems)
+    data = {} if main.data is None else main.data
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [
+                main.problem(
+                    (),
+                    f"expected a mapping of settings at the top level (instance, listen, "
+                    f"defaults, …, endpoints), got {_describe(data, None)}",
+                )
+            ]
+        )
+    problems.extend(_unknown_keys(main, data, list(_ConfigFile.model_fields)))
+    settings_data = {k: v for k, v in data.items() if k in _Settings.model_fields}
+    settings: _Settings | None = _validate(_Settings, settings_data, main, (), problems)
+
+    entries = _endpoints_of(main, data.get("endpoints"), problems)
+    seen: dict[Path, Loc] = {path.resolve(): ()}
+    for loc, name in _inventory_paths(main, data.get("inventory"), problems):
+        inc_path = path.parent / name
+        key = inc_path.resolve()
+        if key in seen:
+            was = format_path(seen[key]) or "the main config file"
+            problems.append(main.problem(loc, f"'{name}' is already included as {was}"))
+            continue
+        seen[key] = loc
+        try:
+            inc = _load_source(inc_path, str(inc_path), env, problems)
+        except _Unreadable as exc:
+            problems.append(main.problem(loc, f"{exc}: {inc_path}"))
+            continue
+        if inc is None:
+            continue
+        inc_data = inc.data
+        if not isinstance(inc_data, dict) or "endpoints" not in inc_data:
+            problems.append(
+                inc.problem((), "expected an inventory file: a mapping with an 'endpoints:' list")
+            )
+            continue
+        problems.extend(_unknown_keys(inc, inc_data, list(_InventoryFile.model_fields)))
+        entries.extend(_endpoints_of(inc, inc_data["endpoints"], problems))
+
+    if not entries and not problems:
+        problems.append(
+            main.problem((), "no endpoints: add an 'endpoints:' list or an 'inventory:' file")
+        )
+
+    problems.extend(_tree_problems(entries))
+
+    endpoints: list[Endpoint] = []
+    if settings is not None:
+        for entry in entries:
+            ep = _resolve(entry, settings.defaults, problems) if entry.spec else None
+            if ep is not None:
+                endpoints.append(ep)
+    if problems:
+        order = {main.name: 0}
+        for e in entries:
+            order.setdefault(e.source.name, len(order))
+        problems.sort(key=lambda p: (order.get(p.file, 0), p.line or 0, p.column or 0))
+        raise ConfigError(problems)
+    assert settings is not None
+    return Config(
+        source=path.absolute(),
+        endpoints=tuple(endpoints),
+        **{name: getattr(settings, name) for name in _Settings.model_fields},
+    )
+
+
+def _raw_id(entry: _Entry) -> object:
+    data = entry.source.data
+    items = data.get("endpoints") if isinstance(data, dict) else None
+    if (
+        isinstance(items, list)
+        and entry.index < len(items)
+        and isinstance(items[entry.index], dict)
+    ):
+        return items[entry.index].get("id")
+    return None
+
+
+def _tree_problems(entries: list[_Entry]) -> list[Problem]:
+    # An endpoint that failed validation still takes part with the id it was given, so one
+    # typo does not also turn its children into 'unknown parent' or hide a duplicate.
+    nodes = [e for e in entries if e.spec is not None or isinstance(_raw_id(e), str)]
+    ids = [e.spec.id if e.spec else str(_raw_id(e)) for e in nodes]
+    parents = [e.spec.parent if e.spec else () for e in nodes]
+    issues = tree_issues(ids, parents)
+    out = []
+    for issue in issues:
+        entry = nodes[issue.index]
+        message = issue.message
+        if issue.parent_pos is None:
+            loc: Loc = (*entry.loc, "id")
+            if issue.first is not None:
+                message += f", already used by {_where(nodes[issue.first], entry.source)}"
+        else:
+            loc = (*entry.loc, "parent", issue.parent_pos)
+            if loc not in entry.source.values:
+                loc = loc[:-1]
+        out.append(entry.source.problem(loc, message))
+    return out
+
+
+def _spec(entry: _Entry) -> EndpointSpec:
+    assert entry.spec is not None
+    return entry.spec
+
+
+def _resolve(entry: _Entry, defaults: Timing, problems: list[Problem]) -> Endpoint | None:
+    spec = _spec(entry)
+    overrides = spec.timing_overrides()
+    timing = defaults
+    if overrides:
+        try:
+            timing = Timing.model_validate(defaults.model_dump() | overrides)
+        except ValidationError as exc:
+            inherited = [k for k in TIMING_KEYS if k not in overrides]
+            note = f" ({', '.join(inherited)} from defaults)" if inherited else ""
+            for _, message in field_messages(exc, Timing):
+                key = next(iter(overrides))
+                problems.append(entry.source.problem((*entry.loc, key), message + note))
+            return None
+    fields = spec.model_dump(exclude=set(TIMING_KEYS))
+    return Endpoint(**fields, timing=timing)
