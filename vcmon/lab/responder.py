@@ -70,7 +70,7 @@ ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
 
 #: Wake up this long before a reply is due and spin the rest, beating select()'s wake-up lag.
-SPIN_NS = 400_000
+SPIN_NS = 200_000
 #: Flush buffered truth only when no reply is due sooner than this, so writes never delay one.
 FLUSH_GAP_NS = 1_000_000
 #: …or regardless, once this many lines are waiting.
@@ -182,8 +182,11 @@ _Pending = tuple[int, int, bytes, str, str, int, int, int, int]
 class Responder:
     """The responder's event loop; construct, then :meth:`run` until a stop signal."""
 
-    def __init__(self, profiles_path: Path, truth_path: Path, rng: random.Random) -> None:
+    def __init__(
+        self, profiles_path: Path, truth_path: Path, rng: random.Random, *, spin_ns: int = SPIN_NS
+    ) -> None:
         self.profiles_path = profiles_path
+        self.spin_ns = spin_ns
         self.truth_path = truth_path
         self.rng = rng
         self.profiles: dict[str, Profile] = {}
@@ -239,6 +242,7 @@ class Responder:
             "dropped": self.dropped,
             "send_errors": self.send_errors,
             "pending": len(self.heap),
+            "cpu_s": round(time.process_time(), 3),
             **self.lateness.summary(),
         }
 
@@ -281,6 +285,7 @@ class Responder:
         fds = [sock, wake]
         heap = self.heap
         now_ns = time.time_ns
+        spin_ns = self.spin_ns
         while not self.stopping:
             self._send_due(sock)
             now = now_ns()
@@ -293,13 +298,13 @@ class Responder:
                 gap = heap[0][0] - now if heap else None
             if gap is None:
                 timeout: float | None = None
-            elif gap <= SPIN_NS:
+            elif gap <= spin_ns:
                 due = heap[0][0]
                 while now_ns() < due:
                     pass
                 timeout = 0.0
             else:
-                timeout = (gap - SPIN_NS) / 1e9
+                timeout = (gap - spin_ns) / 1e9
             readable, _, _ = select.select(fds, [], [], timeout)
             if readable:
                 if sock in readable:
@@ -308,7 +313,10 @@ class Responder:
                     self._on_signals(wake)
 
     def _drain(self, sock: socket.socket) -> None:
+        heap = self.heap
         for _ in range(DRAIN_BATCH):
+            if heap and heap[0][0] <= time.time_ns():
+                return  # a reply is due: it goes first, the kernel keeps the rest queued
             try:
                 packet, ancdata, _flags, _addr = sock.recvmsg(65535, _CMSG_SPACE)
             except BlockingIOError:
@@ -517,8 +525,12 @@ class ResponderProcess:
         *,
         seed: int | None = None,
         log_path: Path | None = None,
+        realtime: int = 10,
+        spin_us: int | None = None,
     ) -> None:
         self.netns = netns
+        self.realtime = realtime
+        self.spin_us = spin_us
         self.profiles_path = profiles_path
         self.truth_path = truth_path
         self.seed = seed
@@ -544,6 +556,10 @@ class ResponderProcess:
                "--profiles", str(self.profiles_path), "--truth", str(self.truth_path)]  # fmt: skip
         if self.seed is not None:
             cmd += ["--seed", str(self.seed)]
+        if self.realtime:
+            cmd += ["--realtime", str(self.realtime)]
+        if self.spin_us is not None:
+            cmd += ["--spin-us", str(self.spin_us)]
         return cmd
 
     def start(self, profiles: Mapping[str, Profile], *, timeout: float = 10.0) -> None:
@@ -646,12 +662,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profiles", type=Path, required=True, help="JSON or YAML profiles file")
     parser.add_argument("--truth", type=Path, required=True, help="JSON-lines ground truth output")
     parser.add_argument("--seed", type=int, default=None, help="seed the impairment RNG")
+    parser.add_argument(
+        "--realtime",
+        type=int,
+        default=0,
+        metavar="PRIO",
+        help="SCHED_FIFO priority (1-99; 0, the default, keeps the normal scheduler)",
+    )
+    parser.add_argument(
+        "--spin-us",
+        type=int,
+        default=SPIN_NS // 1000,
+        help="wake this many µs before a reply is due and spin the rest",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s responder %(levelname)s %(message)s"
     )
-    responder = Responder(args.profiles, args.truth, random.Random(args.seed))
+    if args.realtime:
+        try:
+            # Ordinary tasks then cannot preempt a reply that is due; the kernel's RT throttle
+            # (sched_rt_runtime_us) still bounds what a spinning responder can take.
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.realtime))
+        except OSError as exc:
+            log.warning("cannot run with real-time priority %d: %s", args.realtime, exc)
+    responder = Responder(
+        args.profiles, args.truth, random.Random(args.seed), spin_ns=args.spin_us * 1000
+    )
     try:
         responder.run()
     except (OSError, ValueError) as exc:
