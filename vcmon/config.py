@@ -31,7 +31,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 Loc: TypeAlias = tuple[str | int, ...]
 
@@ -120,7 +120,9 @@ _ADDRESS_EXAMPLES: Final = "expected e.g. 127.0.0.1, ::1 or host.example"
 def _not_bool(value: object) -> object:
     # YAML reads yes/no/on/off as booleans, which pydantic would quietly take for 1 and 0.
     if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {str(value).lower()}")
+        raise PydanticCustomError(
+            "bool_not_number", "expected a number, got {value}", {"value": value}
+        )
     return value
 
 
@@ -184,6 +186,11 @@ def check_address(value: str) -> str:
         return value
     if is_hostname(value):
         return value
+    if re.fullmatch(r"[^:\[\]]+:\d+|\[[^\]]+\]:\d+", value):
+        raise ValueError(
+            f"{value!r} has a port; an endpoint address is an IP address or host name alone "
+            f"({_ADDRESS_EXAMPLES})"
+        )
     if re.fullmatch(r"[0-9.]+", value):
         raise ValueError(f"{value!r} is not a valid IPv4 address ({_ADDRESS_EXAMPLES})")
     if ":" in value and re.fullmatch(r"[0-9A-Fa-f:.%\w\[\]]+", value):
@@ -244,10 +251,8 @@ def _known_probes() -> frozenset[str]:
 def _check_probe(value: str) -> str:
     known = _known_probes()
     if value not in known:
-        raise ValueError(
-            f"unknown probe {value!r}{did_you_mean(value, known)} "
-            f"(expected one of {', '.join(sorted(known))})"
-        )
+        hint = did_you_mean(value, known) or f" (expected one of: {', '.join(sorted(known))})"
+        raise ValueError(f"unknown probe {value!r}{hint}")
     return value
 
 
@@ -311,16 +316,27 @@ class Timing(_Frozen):
         # Rounded so 4 × 0.2 + 1 reads as 1.8, not 1.8000000000000003.
         return round((self.count - 1) * self.spacing + self.timeout, 9)
 
+    def overrun(self, inherited: Sequence[str] = ()) -> str | None:
+        """Why a round would not fit in its interval, or None when it fits.
+
+        ``inherited`` names the keys that came from the defaults, to say so.
+        """
+        # Rounds of one endpoint must not overlap, or their echoes would be matched wrongly.
+        if self.round_duration < self.interval:
+            return None
+        origin = f" ({', '.join(inherited)} from defaults)" if inherited else ""
+        return (
+            f"a round of {self.count} echoes {self.spacing:g} s apart with a {self.timeout:g} s "
+            f"timeout{origin} takes {self.round_duration:g} s, which does not fit in the "
+            f"interval of {self.interval:g} s (expected interval > {self.round_duration:g} s, "
+            "or fewer echoes, less spacing or a shorter timeout)"
+        )
+
     @model_validator(mode="after")
     def _round_fits(self) -> Timing:
-        # Rounds of one endpoint must not overlap, or their echoes would be matched wrongly.
-        if self.round_duration >= self.interval:
-            raise ValueError(
-                f"a round of {self.count} echoes {self.spacing:g} s apart with a "
-                f"{self.timeout:g} s timeout takes {self.round_duration:g} s, which does not fit "
-                f"in the interval of {self.interval:g} s (expected interval > "
-                f"{self.round_duration:g} s, or fewer echoes, less spacing or a shorter timeout)"
-            )
+        problem = self.overrun()
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 
@@ -601,7 +617,9 @@ def _parse(text: str, source: _Source, env: Mapping[str, str]) -> list[Problem]:
         return builder.problems
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        what = exc.problem or exc.context or "unreadable"
+        what = (exc.problem or exc.context or "unreadable").replace(
+            "'<stream end>'", "the end of the file"
+        )
         if "'\\t'" in what:
             what += " (indent with spaces, not tabs)"
         elif exc.context and exc.problem:
@@ -677,6 +695,8 @@ def _explain(err: ErrorDetails, model: type[BaseModel], loc: Loc, written: str |
             f" (expected one of: {', '.join(allowed)})" if allowed else ""
         )
         return f"unknown key '{loc[-1]}'{hint}"
+    if kind == "bool_not_number":
+        return f"expected a number, got {written or str(value).lower()}"
     if kind in ("value_error", "assertion_error"):
         return str(ctx.get("error", err["msg"]))
     if kind == "string_type":
@@ -1036,14 +1056,11 @@ def _resolve(entry: _Entry, defaults: Timing, problems: list[Problem]) -> Endpoi
     overrides = spec.timing_overrides()
     timing = defaults
     if overrides:
-        try:
-            timing = Timing.model_validate(defaults.model_dump() | overrides)
-        except ValidationError as exc:
-            inherited = [k for k in TIMING_KEYS if k not in overrides]
-            note = f" ({', '.join(inherited)} from defaults)" if inherited else ""
-            for _, message in field_messages(exc, Timing):
-                key = next(iter(overrides))
-                problems.append(entry.source.problem((*entry.loc, key), message + note))
+        # Each value is valid already; only the combination can be wrong.
+        timing = Timing.model_construct(**(defaults.model_dump() | overrides))
+        problem = timing.overrun([k for k in TIMING_KEYS if k not in overrides])
+        if problem is not None:
+            problems.append(entry.source.problem((*entry.loc, next(iter(overrides))), problem))
             return None
     fields = spec.model_dump(exclude=set(TIMING_KEYS))
     return Endpoint(**fields, timing=timing)
