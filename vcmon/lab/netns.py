@@ -27,13 +27,15 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
-from vcmon.lab.profiles import LAB_NET
+from vcmon.lab.profiles import LAB_NET, Profile
+from vcmon.lab.responder import EchoTruth, ResponderProcess, wait_until, wait_until_async
 
 log = logging.getLogger(__name__)
 
@@ -223,16 +225,17 @@ def down(names: LabNames = LabNames(), *, grace: float = 2.0) -> None:
     _remove([ns for ns in names.both if exists(ns)], grace=grace)
 
 
-def sweep(*, stale_only: bool = True, grace: float = 2.0) -> list[str]:
-    """Remove leftover lab namespaces: those of test runs whose process has died, or all.
+def sweep(*, run_pid: int | None = None, everything: bool = False, grace: float = 2.0) -> list[str]:
+    """Remove leftover lab namespaces and the processes in them; return the names removed.
 
-    Returns the names removed. With ``stale_only`` (the default) namespaces of the default
-    lab and of live test runs are left alone.
+    By default only namespaces of test runs whose process has died (``vcmon-t<pid>-…``);
+    with ``run_pid``, also those of that run; with ``everything``, every ``vcmon-`` namespace.
     """
     victims = []
     for ns in list_lab_namespaces():
         match = _RUN_NAME.match(ns)
-        if not stale_only or (match is not None and not _pid_alive(int(match.group(1)))):
+        pid = int(match.group(1)) if match else None
+        if everything or (pid is not None and (pid == run_pid or not _pid_alive(pid))):
             victims.append(ns)
     _remove(victims, grace=grace)
     return victims
@@ -362,3 +365,109 @@ def route_get_problems(monitor: str, address: str) -> list[str]:
 def sysctl(ns: str, key: str) -> str:
     """Read a sysctl as seen inside namespace ``ns``."""
     return _read_sysctl(ns, key)
+
+
+# --- the whole lab ----------------------------------------------------------------------------
+
+
+class Lab:
+    """Both namespaces plus a responder, as one unit for tests, benchmarks and the CLI.
+
+    ``workdir`` holds the profiles file, the ground truth (``truth.jsonl``) and the responder's
+    log. Use as a context manager or call :meth:`start` / :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        names: LabNames,
+        workdir: Path,
+        *,
+        seed: int | None = None,
+        realtime: int = 10,
+    ) -> None:
+        self.names = names
+        self.workdir = workdir
+        self.responder = ResponderProcess(
+            names.province,
+            workdir / "profiles.json",
+            workdir / "truth.jsonl",
+            seed=seed,
+            realtime=realtime,
+        )
+
+    @property
+    def monitor(self) -> str:
+        """Name of the monitor-side namespace (where probes run)."""
+        return self.names.monitor
+
+    @property
+    def province(self) -> str:
+        """Name of the province namespace (where the endpoints and the responder live)."""
+        return self.names.province
+
+    def start(self, profiles: Mapping[str, Profile]) -> Lab:
+        """Build the namespaces and start the responder with ``profiles``; undo on failure."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        up(self.names)
+        try:
+            self.responder.start(profiles)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop the responder (flushing its truth) and remove the namespaces; idempotent."""
+        try:
+            self.responder.stop()
+        finally:
+            down(self.names)
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def in_monitor(self) -> AbstractContextManager[None]:
+        """``with lab.in_monitor():`` puts the current thread in the monitor namespace."""
+        return in_netns(self.monitor)
+
+    def set_profiles(self, profiles: Mapping[str, Profile], *, timeout: float = 5.0) -> None:
+        """Replace the live profiles and wait until the responder applies them."""
+        self.responder.set_profiles(profiles, timeout=timeout)
+
+    def echoes(self) -> list[EchoTruth]:
+        """Every echo the responder has recorded so far (reads what was flushed since)."""
+        return list(self.responder.truth.poll().echoes)
+
+    def wait_echoes(
+        self, predicate: Callable[[list[EchoTruth]], bool], *, timeout: float = 5.0
+    ) -> list[EchoTruth]:
+        """Poll the truth until ``predicate(echoes)`` holds; raise after ``timeout``."""
+        found: list[EchoTruth] = []
+
+        def ready() -> bool:
+            found[:] = self.echoes()
+            return predicate(found)
+
+        wait_until(ready, timeout, "ground truth")
+        return found
+
+    async def await_echoes(
+        self, predicate: Callable[[list[EchoTruth]], bool], *, within: float = 5.0
+    ) -> list[EchoTruth]:
+        """Like :meth:`wait_echoes`, without blocking the event loop."""
+        found: list[EchoTruth] = []
+
+        def ready() -> bool:
+            found[:] = self.echoes()
+            return predicate(found)
+
+        await wait_until_async(ready, within, "ground truth")
+        return found

@@ -1,0 +1,103 @@
+"""Shared fixtures. Keep this file to fixtures several test modules use.
+
+Lab fixtures (need root): ``require_root`` skips a test that needs root, or fails it when the
+``CI`` environment variable is set; ``lab`` is a factory that brings up an isolated
+namespace pair with a user-space responder::
+
+    def test_something(lab: LabFactory) -> None:
+        env = lab({"198.18.0.1": Profile(delay=0.002, jitter=0.0002)})
+        with env.in_monitor():
+            sock = socket.socket(...)        # lives in the monitor namespace from now on
+        ...
+        truth = env.wait_echoes(lambda echoes: len(echoes) >= 5)
+        env.set_profiles({"198.18.0.1": Profile(up=False)})
+
+Every lab a test makes is torn down after it; a session finalizer removes anything left (and,
+at the start, namespaces of earlier runs that crashed), so no namespace or responder process
+outlives the test run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from vcmon.lab import netns
+from vcmon.lab.netns import Lab, LabNames
+from vcmon.lab.profiles import Profile
+
+_live_labs: dict[LabNames, Lab] = {}
+_lab_counter = itertools.count(1)
+
+
+def _root_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, raw sockets)"
+    if shutil.which("ip") is None:
+        return "needs the `ip` command (iproute2)"
+    return None
+
+
+@pytest.fixture
+def require_root() -> None:
+    """Skip unless root; when ``CI`` is set, fail instead, so CI never silently skips."""
+    reason = _root_missing()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
+    pytest.skip(reason)
+
+
+class LabFactory(Protocol):
+    """Signature of the ``lab`` fixture: profiles in, running lab out."""
+
+    def __call__(
+        self, profiles: Mapping[str, Profile], *, seed: int | None = None, realtime: int = 10
+    ) -> Lab: ...
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lab_session_cleanup() -> Iterator[None]:
+    """Before the run, clear crashed runs' labs; after it, remove whatever this run left."""
+    if _root_missing() is None:
+        netns.sweep()
+    yield
+    if _root_missing() is None:
+        for lab in list(_live_labs.values()):
+            lab.stop()
+        _live_labs.clear()
+        netns.sweep(run_pid=os.getpid())
+
+
+@pytest.fixture
+def lab(require_root: None, tmp_path: Path) -> Iterator[LabFactory]:
+    """Factory: ``lab(profiles)`` starts an isolated lab and returns it; torn down after."""
+    made: list[Lab] = []
+
+    def make(
+        profiles: Mapping[str, Profile], *, seed: int | None = None, realtime: int = 10
+    ) -> Lab:
+        index = next(_lab_counter)
+        names = LabNames.for_run(str(index))
+        env = Lab(names, tmp_path / f"lab{index}", seed=seed, realtime=realtime)
+        _live_labs[names] = env
+        made.append(env)
+        return env.start(profiles)
+
+    yield make
+    errors: list[BaseException] = []
+    for env in made:
+        try:
+            env.stop()
+        except Exception as exc:  # keep tearing down the others; report after
+            errors.append(exc)
+        _live_labs.pop(env.names, None)
+    if errors:
+        raise errors[0]
