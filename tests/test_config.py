@@ -122,8 +122,8 @@ CORPUS: list[tuple[str, str]] = [
     ),
     (
         "listen-ipv6-brackets.yaml",
-        "{d}/listen-ipv6-brackets.yaml:1:9: listen: '::1:9231': put an IPv6 address in "
-        "brackets (expected host:port, e.g. 127.0.0.1:9231, [::1]:9231 or localhost:9231)",
+        "{d}/listen-ipv6-brackets.yaml:1:9: listen: '::1' is not host:port (put an IPv6 address "
+        "in brackets, e.g. [::1]:9231)",
     ),
     (
         "listen-no-port.yaml",

@@ -204,7 +204,9 @@ def _check_listen(value: str) -> str:
     m = _LISTEN_RE.fullmatch(value.strip())
     if m is None:
         if value.count(":") > 1 and "[" not in value:
-            raise ValueError(f"{value!r}: put an IPv6 address in brackets ({expected})")
+            raise ValueError(
+                f"{value!r} is not host:port (put an IPv6 address in brackets, e.g. [::1]:9231)"
+            )
         raise ValueError(f"{value!r} is not host:port ({expected})")
     port = int(m["p6"] or m["port"])
     if m["v6"] is not None:
