@@ -7,7 +7,9 @@ import socket
 from pathlib import Path
 
 import pytest
+import yaml
 
+from vcmon import config
 from vcmon.config import (
     MAX_PROBLEMS,
     ConfigError,
@@ -231,8 +233,13 @@ CORPUS: list[tuple[str, str]] = [
 ]
 
 
+@pytest.mark.parametrize("parser", ["default", "pure-python"])
 @pytest.mark.parametrize(("name", "expected"), CORPUS, ids=[name for name, _ in CORPUS])
-def test_bad_config_message(name: str, expected: str) -> None:
+def test_bad_config_message(
+    name: str, expected: str, parser: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if parser == "pure-python":  # as on a machine where PyYAML was built without libyaml
+        monkeypatch.setattr(config, "_LOADERS", (yaml.SafeLoader,))
     with pytest.raises(ConfigError) as caught:
         load_config(BAD / name, env={})
     assert str(caught.value) == expected.replace("{d}", str(BAD))
