@@ -193,7 +193,8 @@ def _as_yaml_item(spec: EndpointSpec) -> dict[str, Any]:
     if spec.probe != "icmp":
         item["probe"] = spec.probe
     item.update(spec.timing_overrides())
-    return _escape_env(item)  # type: ignore[no-any-return]
+    escaped: dict[str, Any] = _escape_env(item)
+    return escaped
 
 
 def to_yaml(specs: list[EndpointSpec], source: str) -> str:
