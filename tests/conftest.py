@@ -12,6 +12,11 @@ namespace pair with a user-space responder::
         truth = env.wait_echoes(lambda echoes: len(echoes) >= 5)
         env.set_profiles({"198.18.0.1": Profile(up=False)})
 
+While a lab is up, its responder (real-time priority, spinning before each due reply) gets the
+last CPU of this process's affinity to itself and the test's thread is pinned to the others,
+so the responder never preempts the prober between taking a send time and sending; without
+this, rare 0.3–1 ms outliers on the request leg are the harness's, not the engine's.
+
 Every lab a test makes is torn down after it; a session finalizer removes anything left (and,
 at the start, namespaces of earlier runs that crashed), so no namespace or responder process
 outlives the test run.
@@ -76,22 +81,41 @@ def _lab_session_cleanup() -> Iterator[None]:
         netns.sweep(run_pid=os.getpid())
 
 
+def _cpu_split() -> tuple[set[int], set[int]] | None:
+    """(CPUs for the test thread, CPU for the responder), or None on a single CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return set(cpus[:-1]), {cpus[-1]}
+
+
 @pytest.fixture
 def lab(require_root: None, tmp_path: Path) -> Iterator[LabFactory]:
     """Factory: ``lab(profiles)`` starts an isolated lab and returns it; torn down after."""
     made: list[Lab] = []
+    affinity = os.sched_getaffinity(0)
+    split = _cpu_split()
 
     def make(
         profiles: Mapping[str, Profile], *, seed: int | None = None, realtime: int = 10
     ) -> Lab:
         index = next(_lab_counter)
         names = LabNames.for_run(str(index))
-        env = Lab(names, tmp_path / f"lab{index}", seed=seed, realtime=realtime)
+        env = Lab(
+            names,
+            tmp_path / f"lab{index}",
+            seed=seed,
+            realtime=realtime,
+            responder_cpus=split[1] if split else None,
+        )
         _live_labs[names] = env
         made.append(env)
+        if split:
+            os.sched_setaffinity(0, split[0])  # this thread only: where the prober runs
         return env.start(profiles)
 
     yield make
+    os.sched_setaffinity(0, affinity)
     errors: list[BaseException] = []
     for env in made:
         try:

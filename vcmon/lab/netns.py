@@ -27,7 +27,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,6 +375,10 @@ class Lab:
 
     ``workdir`` holds the profiles file, the ground truth (``truth.jsonl``) and the responder's
     log. Use as a context manager or call :meth:`start` / :meth:`stop`.
+
+    The responder runs with real-time priority ``realtime`` (0: normal scheduling) so replies
+    leave on time; give it ``responder_cpus`` of its own and keep the prober being measured
+    off them, or its spinning preempts the prober between taking a send time and sending.
     """
 
     def __init__(
@@ -384,6 +388,7 @@ class Lab:
         *,
         seed: int | None = None,
         realtime: int = 10,
+        responder_cpus: Collection[int] | None = None,
     ) -> None:
         self.names = names
         self.workdir = workdir
@@ -393,6 +398,7 @@ class Lab:
             workdir / "truth.jsonl",
             seed=seed,
             realtime=realtime,
+            cpus=responder_cpus,
         )
 
     @property

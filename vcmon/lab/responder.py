@@ -54,7 +54,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -527,8 +527,10 @@ class ResponderProcess:
         log_path: Path | None = None,
         realtime: int = 10,
         spin_us: int | None = None,
+        cpus: Collection[int] | None = None,
     ) -> None:
         self.netns = netns
+        self.cpus = sorted(cpus) if cpus else None
         self.realtime = realtime
         self.spin_us = spin_us
         self.profiles_path = profiles_path
@@ -560,6 +562,8 @@ class ResponderProcess:
             cmd += ["--realtime", str(self.realtime)]
         if self.spin_us is not None:
             cmd += ["--spin-us", str(self.spin_us)]
+        if self.cpus:
+            cmd += ["--cpus", ",".join(map(str, self.cpus))]
         return cmd
 
     def start(self, profiles: Mapping[str, Profile], *, timeout: float = 10.0) -> None:
@@ -670,6 +674,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="SCHED_FIFO priority (1-99; 0, the default, keeps the normal scheduler)",
     )
     parser.add_argument(
+        "--cpus",
+        type=lambda text: {int(c) for c in text.split(",")},
+        default=None,
+        help="comma-separated CPUs to run on (keeps a spinning responder off the prober's CPU)",
+    )
+    parser.add_argument(
         "--spin-us",
         type=int,
         default=SPIN_NS // 1000,
@@ -680,6 +690,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s responder %(levelname)s %(message)s"
     )
+    if args.cpus:
+        try:
+            os.sched_setaffinity(0, args.cpus)
+        except OSError as exc:
+            log.warning("cannot pin to CPUs %s: %s", args.cpus, exc)
     if args.realtime:
         try:
             # Ordinary tasks then cannot preempt a reply that is due; the kernel's RT throttle
