@@ -107,6 +107,7 @@ def lab(require_root: None, tmp_path: Path) -> Iterator[LabFactory]:
             seed=seed,
             realtime=realtime,
             responder_cpus=split[1] if split else None,
+            die_with_parent=True,
         )
         _live_labs[names] = env
         made.append(env)

@@ -9,6 +9,7 @@ import select
 import socket
 import struct
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,15 +30,13 @@ from vcmon.lab.netns import (
     in_netns,
 )
 from vcmon.lab.profiles import LAB_NET, Profile
-from vcmon.lab.responder import icmp_checksum
+from vcmon.lab.responder import icmp_checksum, wait_until
 
 from .conftest import LabFactory
 
-pytestmark = pytest.mark.usefixtures("require_root")
-
 
 @pytest.fixture
-def names() -> Iterator[LabNames]:
+def names(require_root: None) -> Iterator[LabNames]:
     """Fresh names for a bare namespace pair, removed after the test whatever happened."""
     n = LabNames.for_run(f"ns{threading.get_ident() % 10_000}-{os.urandom(2).hex()}")
     yield n
@@ -169,6 +168,7 @@ def test_down_kills_processes_left_inside(names: LabNames) -> None:
             orphan.wait()
 
 
+@pytest.mark.usefixtures("require_root")
 def test_sweep_removes_only_labs_of_dead_runs() -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -310,6 +310,7 @@ def test_lab_fixture_answers_reloads_and_records(lab: LabFactory) -> None:
         assert (truth[-1].dst, truth[-1].seq, truth[-1].dropped) == ("198.18.0.2", 4, False)
 
 
+@pytest.mark.usefixtures("require_root")
 def test_lab_stop_leaves_nothing(tmp_path: Path) -> None:
     names = LabNames.for_run("stop")
     with Lab(names, tmp_path) as env:
@@ -323,3 +324,42 @@ def test_lab_stop_leaves_nothing(tmp_path: Path) -> None:
     stop = env.responder.truth.find_event("stop")
     assert stop is not None
     assert stop["received"] == 0
+
+
+CRASHING_RUN = """
+import sys
+from pathlib import Path
+from vcmon.lab.netns import Lab, LabNames
+from vcmon.lab.profiles import Profile
+lab = Lab(LabNames.for_run("crash"), Path(sys.argv[1]), die_with_parent=True)
+lab.start({"198.18.0.1": Profile()})
+print(lab.monitor, lab.province, lab.responder.pid, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+@pytest.mark.usefixtures("require_root")
+def test_a_killed_run_leaves_nothing_the_next_sweep_misses(tmp_path: Path) -> None:
+    run = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_RUN, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert run.stdout is not None
+        monitor, province, pid = run.stdout.readline().split()
+        assert netns.exists(monitor)
+        assert int(pid) in netns.netns_pids(province)
+        run.kill()  # SIGKILL: no cleanup code runs
+        run.wait(timeout=5)
+        # The responder follows its parent (PR_SET_PDEATHSIG) …
+        wait_until(lambda: not netns.netns_pids(province), 5.0, "the responder to exit")
+        # … and the namespaces of the dead run are swept by the next one.
+        assert {monitor, province} <= set(netns.sweep())
+        assert not netns.exists(monitor)
+        assert not netns.exists(province)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()

@@ -379,6 +379,8 @@ class Lab:
     The responder runs with real-time priority ``realtime`` (0: normal scheduling) so replies
     leave on time; give it ``responder_cpus`` of its own and keep the prober being measured
     off them, or its spinning preempts the prober between taking a send time and sending.
+    ``die_with_parent`` ties the responder's life to this process (tests); the CLI leaves it
+    off so the lab outlives the command that started it.
     """
 
     def __init__(
@@ -389,6 +391,7 @@ class Lab:
         seed: int | None = None,
         realtime: int = 10,
         responder_cpus: Collection[int] | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.names = names
         self.workdir = workdir
@@ -399,6 +402,7 @@ class Lab:
             seed=seed,
             realtime=realtime,
             cpus=responder_cpus,
+            die_with_parent=die_with_parent,
         )
 
     @property

@@ -84,6 +84,7 @@ _TIMESPEC = struct.Struct("qq")
 _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 _PR_SET_TIMERSLACK = 29
+_PR_SET_PDEATHSIG = 1
 
 
 def profiles_digest(data: bytes) -> str:
@@ -528,8 +529,10 @@ class ResponderProcess:
         realtime: int = 10,
         spin_us: int | None = None,
         cpus: Collection[int] | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.netns = netns
+        self.die_with_parent = die_with_parent
         self.cpus = sorted(cpus) if cpus else None
         self.realtime = realtime
         self.spin_us = spin_us
@@ -564,6 +567,8 @@ class ResponderProcess:
             cmd += ["--spin-us", str(self.spin_us)]
         if self.cpus:
             cmd += ["--cpus", ",".join(map(str, self.cpus))]
+        if self.die_with_parent:
+            cmd += ["--die-with-parent", str(os.getpid())]
         return cmd
 
     def start(self, profiles: Mapping[str, Profile], *, timeout: float = 10.0) -> None:
@@ -674,6 +679,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="SCHED_FIFO priority (1-99; 0, the default, keeps the normal scheduler)",
     )
     parser.add_argument(
+        "--die-with-parent",
+        type=int,
+        default=0,
+        metavar="PID",
+        help="exit (SIGTERM) when the process PID that started us dies",
+    )
+    parser.add_argument(
         "--cpus",
         type=lambda text: {int(c) for c in text.split(",")},
         default=None,
@@ -690,6 +702,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s responder %(levelname)s %(message)s"
     )
+    if args.die_with_parent:
+        # A test run that is killed outright must not leave a responder behind.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != args.die_with_parent:
+            log.error("parent %d is already gone", args.die_with_parent)
+            return 1
     if args.cpus:
         try:
             os.sched_setaffinity(0, args.cpus)
