@@ -5,6 +5,7 @@ All functions are pure; RTTs are in seconds.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import Counter
@@ -66,7 +67,7 @@ def ipdv_jitter(rtts: tuple[float, ...] | list[float]) -> float | None:
     """Mean absolute difference of consecutive RTTs (RFC 5481 IPDV, as PingPlotter reports)."""
     if len(rtts) < 2:
         return None
-    return math.fsum(abs(b - a) for a, b in zip(rtts, rtts[1:], strict=False)) / (len(rtts) - 1)
+    return math.fsum(abs(b - a) for a, b in itertools.pairwise(rtts)) / (len(rtts) - 1)
 
 
 def mos(rtt_avg: float | None, jitter: float | None, loss_ratio: float) -> float:
