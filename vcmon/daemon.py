@@ -1,0 +1,132 @@
+"""The daemon: wires config, probes, scheduler and HTTP together and runs until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from vcmon import __version__
+from vcmon.api import make_app, serve
+from vcmon.config import Config, ConfigError, load_config
+from vcmon.logs import event
+from vcmon.metrics import build_registry
+from vcmon.probes.base import Probe
+from vcmon.probes.icmp import IcmpEngine
+from vcmon.probes.registry import build_probes
+from vcmon.resolve import Resolver
+from vcmon.results import Results
+from vcmon.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """One monitoring process: probes every endpoint and serves what it learns."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.results = Results(config.endpoints)
+        self._engine: IcmpEngine | None = None
+        self.registry, self.self_metrics = build_registry(self.results, self._engine_counters)
+        self.self_metrics.config_reload_ok.set(1)
+        self.self_metrics.config_reload_time.set(time.time())
+        self.resolver = Resolver(ttl=config.resolve_interval)
+        self.started = asyncio.Event()  # set once probing and serving have begun
+        # One wake-up for both requests, so the supervisor waits on a single thing.
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._reload_wanted = False
+
+    def _engine_counters(self) -> dict[str, int]:
+        return dict(self._engine.counters) if self._engine is not None else {}
+
+    def stop(self) -> None:
+        """Ask the daemon to finish; safe to call from a signal handler."""
+        self._stopping = True
+        self._wake.set()
+
+    def reload(self) -> None:
+        """Ask the daemon to re-read its config file."""
+        self._reload_wanted = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Run until stop() or SIGINT/SIGTERM; SIGHUP reloads the inventory."""
+        loop = asyncio.get_running_loop()
+        for sig, handler in ((signal.SIGINT, self.stop), (signal.SIGTERM, self.stop),
+                             (signal.SIGHUP, self.reload)):  # fmt: skip
+            loop.add_signal_handler(sig, handler)
+        cfg = self.config
+        try:
+            async with IcmpEngine(
+                mode=cfg.icmp.socket, max_rate=cfg.icmp.max_rate, payload_size=cfg.icmp.payload_size
+            ) as engine:
+                self._engine = engine
+                probes = build_probes(engine)
+                info = {
+                    "instance": cfg.instance,
+                    "config": str(cfg.source),
+                    "icmp_mode": engine.mode,
+                }
+                runner = await serve(make_app(self.results, self.registry, info), cfg.listen)
+                try:
+                    event(log, logging.INFO, "started", version=__version__, listen=cfg.listen,
+                          endpoints=len(self.results), icmp_mode=engine.mode)  # fmt: skip
+                    self.started.set()
+                    await self._supervise(probes)
+                finally:
+                    await runner.cleanup()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        event(log, logging.INFO, "stopped")
+
+    async def _supervise(self, probes: Mapping[str, Probe]) -> None:
+        def start() -> asyncio.Task[None]:
+            scheduler = Scheduler(self.results, probes, self.resolver, self.self_metrics)
+            return tg.create_task(scheduler.run(), name="scheduler")
+
+        async with asyncio.TaskGroup() as tg:
+            task = start()
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    task.cancel()
+                    return
+                if self._reload_wanted:
+                    self._reload_wanted = False
+                    if self._apply_reload():
+                        task.cancel()
+                        task = start()
+
+    def _apply_reload(self) -> bool:
+        """Re-read the config; keep the running one if the new one is wrong."""
+        try:
+            new = load_config(Path(self.config.source))
+        except ConfigError as exc:
+            self.self_metrics.config_reload_ok.set(0)
+            event(log, logging.ERROR, "config_reload_failed", error=str(exc))
+            return False
+        restart_needed = [
+            name for name in ("listen", "icmp") if getattr(new, name) != getattr(self.config, name)
+        ]
+        if restart_needed:
+            event(log, logging.WARNING, "config_reload_partial",
+                  unchanged_until_restart=",".join(restart_needed))  # fmt: skip
+        self.config = new
+        self.results.replace(new.endpoints)
+        self.resolver = Resolver(ttl=new.resolve_interval)
+        self.self_metrics.config_reload_ok.set(1)
+        self.self_metrics.config_reload_time.set(time.time())
+        event(log, logging.INFO, "config_reloaded", endpoints=len(new.endpoints))
+        return True
+
+
+async def run_daemon(config: Config) -> None:
+    """Run a daemon for ``config`` until a signal stops it."""
+    await Daemon(config).run()
