@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -57,9 +56,7 @@ class Running:
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Running]:
-    if os.geteuid() != 0 and not os.environ.get("CI"):
-        pytest.skip("raw ICMP needs root (or ping_group_range); run the suite as root")
+def daemon(tmp_path: Path, require_root: None) -> Iterator[Running]:
     port = free_port()
     path = tmp_path / "vcmon.yaml"
     path.write_text(_config(port, ENDPOINTS), encoding="utf-8")

@@ -91,15 +91,17 @@ def cmd_probe(args: argparse.Namespace) -> int:
     except IcmpUnavailable as exc:
         err.print(f"vcmon: {exc}", markup=False)
         return EXIT_FAILURE
-    table = Table(show_edge=False)
-    for col in ("address", "sent", "recv", "loss %", "min", "avg", "median", "max",
-                "jitter", "MOS", "RTTs (ms, - = lost)"):  # fmt: skip
-        table.add_column(col, justify="left" if col.startswith(("address", "RTT")) else "right")
-    any_up = False
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    for col in ("address", "sent/recv/loss", "min/avg/med/max ms", "jitter ms", "MOS"):
+        table.add_column(col, justify="left" if col == "address" else "right", no_wrap=True)
     for row in rows:
-        any_up |= row.received > 0
         table.add_row(*row.cells())
-    out.print(table)
+    out.print(table, soft_wrap=True)
+    out.print()
+    width = max(len(row.address) for row in rows)
+    for row in rows:
+        out.print(f"{row.address:<{width}} : {row.echo_line()}", markup=False, soft_wrap=True)
+    any_up = any(row.received > 0 for row in rows)
     return EXIT_OK if any_up else EXIT_FAILURE
 
 

@@ -6,7 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from vcmon.probes.base import Outcome, RoundResult, RoundSettings, Tally
+from vcmon.probes.base import Echo, Outcome, RoundResult, RoundSettings, Tally
 from vcmon.probes.icmp import IcmpEngine
 from vcmon.resolve import ResolveError, Resolver
 from vcmon.stats import Observation, observe
@@ -25,20 +25,33 @@ class ProbeRow:
         return self.obs.received
 
     def cells(self) -> list[str]:
-        """Table cells: address, counts, RTT stats in ms, jitter, MOS, per-echo RTTs."""
+        """Summary cells: address, counts, RTT stats in ms, jitter in ms, MOS."""
         o = self.obs
+        return [
+            self.address,
+            f"{o.sent}/{o.received}/{o.loss_ratio * 100:.0f}%",
+            "/".join(_ms(v) for v in (o.rtt_min, o.rtt_avg, o.rtt_median, o.rtt_max)),
+            _ms(o.jitter),
+            f"{o.mos:.2f}",
+        ]
 
-        def ms(v: float | None) -> str:
-            return "-" if v is None else f"{v * 1000:.3f}"
+    def echo_line(self) -> str:
+        """Per-echo RTTs in ms as ``fping -C`` prints them: ``-`` lost, ``!reason`` an error."""
+        if self.result.failure:
+            return self.result.failure
+        return " ".join(_echo_cell(e) for e in self.result.echoes)
 
-        echoes = " ".join(
-            ms(e.rtt) if e.outcome is Outcome.OK else ("!" + (e.reason or "err"))
-            if e.outcome is Outcome.ERROR else "-"
-            for e in self.result.echoes
-        )  # fmt: skip
-        return [self.address, str(o.sent), str(o.received), f"{o.loss_ratio * 100:.0f}",
-                ms(o.rtt_min), ms(o.rtt_avg), ms(o.rtt_median), ms(o.rtt_max), ms(o.jitter),
-                f"{o.mos:.2f}", o.failure or echoes]  # fmt: skip
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:.3f}"
+
+
+def _echo_cell(echo: Echo) -> str:
+    if echo.outcome is Outcome.OK:
+        return _ms(echo.rtt)
+    if echo.outcome is Outcome.ERROR:
+        return "!" + (echo.reason or "error")
+    return "-"
 
 
 async def probe_addresses(
