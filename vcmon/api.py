@@ -7,16 +7,12 @@ import json
 import time
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from vcmon import __version__
+from vcmon.httpserver import Handler, HttpServer, Request, Response, text
 from vcmon.results import EndpointRecord, Results
-
-RESULTS_KEY = web.AppKey("results", Results)
-REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
-INFO_KEY = web.AppKey("info", dict[str, Any])
 
 
 def _ms(value: float | None) -> float | None:
@@ -61,58 +57,53 @@ def endpoint_status(rec: EndpointRecord) -> dict[str, Any]:
     return doc
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    registry = request.app[REGISTRY_KEY]
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    # Rendering thousands of series takes a while; keep it off the loop that times probes.
-    body = await asyncio.to_thread(encoder, registry)
-    resp = web.Response(body=body)
-    resp.headers["Content-Type"] = content_type
-    return resp
+class Api:
+    """The daemon's HTTP routes, reading the live Results and registry."""
+
+    def __init__(self, results: Results, registry: CollectorRegistry, info: dict[str, Any]) -> None:
+        self._results = results
+        self._registry = registry
+        self._info = info
+
+    def routes(self) -> dict[tuple[str, str], Handler]:
+        """Every route this API serves."""
+        return {
+            ("GET", "/metrics"): self.metrics,
+            ("GET", "/-/healthy"): self.healthy,
+            ("GET", "/-/ready"): self.ready,
+            ("GET", "/api/v1/status"): self.status,
+        }
+
+    async def metrics(self, request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        # Rendering thousands of series takes a while; keep it off the loop that times probes.
+        body = await asyncio.to_thread(encoder, self._registry)
+        return Response(200, body, content_type)
+
+    async def healthy(self, request: Request) -> Response:
+        return text(200, "OK\n")
+
+    async def ready(self, request: Request) -> Response:
+        if self._results.all_observed():
+            return text(200, "ready\n")
+        pending = sum(1 for rec in self._results if rec.last is None)
+        return text(503, f"waiting for the first round of {pending} endpoints\n")
+
+    async def status(self, request: Request) -> Response:
+        doc = {
+            **self._info,
+            "version": __version__,
+            "now": time.time(),
+            "ready": self._results.all_observed(),
+            "endpoints": [endpoint_status(rec) for rec in self._results],
+        }
+        return json_response(doc)
 
 
-async def _healthy(request: web.Request) -> web.Response:
-    return web.Response(text="OK\n")
-
-
-async def _ready(request: web.Request) -> web.Response:
-    results = request.app[RESULTS_KEY]
-    if results.all_observed():
-        return web.Response(text="ready\n")
-    pending = sum(1 for rec in results if rec.last is None)
-    return web.Response(status=503, text=f"waiting for the first round of {pending} endpoints\n")
-
-
-async def _status(request: web.Request) -> web.Response:
-    results = request.app[RESULTS_KEY]
-    info = request.app[INFO_KEY]
-    doc = {
-        **info,
-        "version": __version__,
-        "now": time.time(),
-        "ready": results.all_observed(),
-        "endpoints": [endpoint_status(rec) for rec in results],
-    }
-    return web.json_response(doc, dumps=_dumps)
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False)
-
-
-def make_app(
-    results: Results, registry: CollectorRegistry, info: dict[str, Any]
-) -> web.Application:
-    """The aiohttp application serving every route."""
-    app = web.Application()
-    app[RESULTS_KEY] = results
-    app[REGISTRY_KEY] = registry
-    app[INFO_KEY] = info
-    app.router.add_get("/metrics", _metrics)
-    app.router.add_get("/-/healthy", _healthy)
-    app.router.add_get("/-/ready", _ready)
-    app.router.add_get("/api/v1/status", _status)
-    return app
+def json_response(doc: Any, status: int = 200) -> Response:
+    """A JSON response, UTF-8 kept readable."""
+    body = json.dumps(doc, ensure_ascii=False).encode()
+    return Response(status, body, "application/json; charset=utf-8")
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -121,12 +112,9 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def serve(app: web.Application, listen: str) -> web.AppRunner:
-    """Start serving ``app`` on ``listen``; the caller cleans up the runner."""
-    # A scrape in flight must not hold up a stop for more than a moment.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
+async def serve(api: Api, listen: str) -> HttpServer:
+    """Start serving ``api`` on ``listen``; the caller closes the server."""
+    server = HttpServer(api.routes())
     host, port = split_listen(listen)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    return runner
+    await server.start(host, port)
+    return server

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from vcmon import __version__
-from vcmon.api import make_app, serve
+from vcmon.api import Api, serve
 from vcmon.config import Config, ConfigError, load_config
 from vcmon.logs import event
 from vcmon.metrics import build_registry
@@ -72,14 +72,14 @@ class Daemon:
                     "config": str(cfg.source),
                     "icmp_mode": engine.mode,
                 }
-                runner = await serve(make_app(self.results, self.registry, info), cfg.listen)
+                server = await serve(Api(self.results, self.registry, info), cfg.listen)
                 try:
                     event(log, logging.INFO, "started", version=__version__, listen=cfg.listen,
                           endpoints=len(self.results), icmp_mode=engine.mode)  # fmt: skip
                     self.started.set()
                     await self._supervise(probes)
                 finally:
-                    await runner.cleanup()
+                    await server.close()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
