@@ -65,5 +65,3 @@ def setup(level: str = "info", fmt: str = "logfmt") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp's access log would add a line per scrape.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
