@@ -30,7 +30,8 @@ from vcmon.lab.netns import (
     in_netns,
 )
 from vcmon.lab.profiles import LAB_NET, Profile
-from vcmon.lab.responder import icmp_checksum, wait_until
+from vcmon.lab.responder import wait_until
+from vcmon.probes.icmp_packet import checksum
 
 from .conftest import LabFactory
 
@@ -246,7 +247,7 @@ def test_in_netns_restores_on_error(names: LabNames) -> None:
 
 def _echo_request(ident: int, seq: int) -> bytes:
     body = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"vcmon-lab-test"
-    return body[:2] + struct.pack("!H", icmp_checksum(body)) + body[4:]
+    return body[:2] + struct.pack("!H", checksum(body)) + body[4:]
 
 
 def _replies(sock: socket.socket, within: float) -> list[bytes]:
@@ -287,7 +288,7 @@ def test_lab_fixture_answers_reloads_and_records(lab: LabFactory) -> None:
         ihl = (reply[0] & 0x0F) * 4
         assert socket.inet_ntoa(reply[12:16]) == "198.18.0.1"  # answered from the pinged address
         assert reply[ihl] == 0  # echo reply
-        assert icmp_checksum(reply[ihl:]) == 0
+        assert checksum(reply[ihl:]) == 0
         assert struct.unpack_from("!HH", reply, ihl + 4) == (0x1234, 1)
 
         truth = env.wait_echoes(lambda e: len(e) >= 2)

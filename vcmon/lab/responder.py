@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vcmon.lab.profiles import DEFAULT_KEY, Channel, Profile, decide, dump_profiles, load_profiles
+from vcmon.probes.icmp_packet import checksum
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +91,6 @@ _PR_SET_PDEATHSIG = 1
 def profiles_digest(data: bytes) -> str:
     """Short content hash of a profiles file, as reported in ``ready`` and ``reload`` events."""
     return hashlib.sha256(data).hexdigest()[:16]
-
-
-def icmp_checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of ``data``."""
-    if len(data) % 2:
-        data += b"\x00"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +125,7 @@ def build_echo_reply(req: EchoRequest) -> bytes:
     body = bytearray(req.icmp)
     body[0] = ICMP_ECHO_REPLY
     body[2:4] = b"\x00\x00"
-    struct.pack_into("!H", body, 2, icmp_checksum(bytes(body)))
+    struct.pack_into("!H", body, 2, checksum(bytes(body)))
     header = _IPV4_HEADER.pack(0x45, req.tos, 0, 0, 0x4000, 64, socket.IPPROTO_ICMP, 0,
                                req.dst, req.src)  # fmt: skip
     return header + bytes(body)
