@@ -36,6 +36,7 @@ from typing import Any
 
 from vcmon.lab.profiles import LAB_NET, Profile
 from vcmon.lab.responder import EchoTruth, ResponderProcess, wait_until, wait_until_async
+from vcmon.lab.services import ServicesProcess
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +381,9 @@ class Lab:
     leave on time; give it ``responder_cpus`` of its own and keep the prober being measured
     off them, or its spinning preempts the prober between taking a send time and sending.
     ``die_with_parent`` ties the responder's life to this process (tests); the CLI leaves it
-    off so the lab outlives the command that started it.
+    off so the lab outlives the command that started it. With ``services`` (the default) a
+    :mod:`vcmon.lab.services` process beside it serves TCP, SIP, HTTP and UDP echo with the
+    same profiles (truth in ``services.jsonl``).
     """
 
     def __init__(
@@ -392,6 +395,7 @@ class Lab:
         realtime: int = 10,
         responder_cpus: Collection[int] | None = None,
         die_with_parent: bool = False,
+        services: bool = True,
     ) -> None:
         self.names = names
         self.workdir = workdir
@@ -404,6 +408,11 @@ class Lab:
             cpus=responder_cpus,
             die_with_parent=die_with_parent,
         )
+        self.services = (
+            ServicesProcess(names.province, workdir / "profiles.json", workdir / "services.jsonl",
+                            seed=seed, die_with_parent=die_with_parent)
+            if services else None
+        )  # fmt: skip
 
     @property
     def monitor(self) -> str:
@@ -421,6 +430,8 @@ class Lab:
         up(self.names)
         try:
             self.responder.start(profiles)
+            if self.services is not None:
+                self.services.start()
         except BaseException:
             self.stop()
             raise
@@ -429,6 +440,8 @@ class Lab:
     def stop(self) -> None:
         """Stop the responder (flushing its truth) and remove the namespaces; idempotent."""
         try:
+            if self.services is not None:
+                self.services.stop()
             self.responder.stop()
         finally:
             down(self.names)
@@ -451,6 +464,8 @@ class Lab:
     def set_profiles(self, profiles: Mapping[str, Profile], *, timeout: float = 5.0) -> None:
         """Replace the live profiles and wait until the responder applies them."""
         self.responder.set_profiles(profiles, timeout=timeout)
+        if self.services is not None and self.services.pid is not None:
+            self.services.reload(timeout=timeout)
 
     def echoes(self) -> list[EchoTruth]:
         """Every echo the responder has recorded so far (reads what was flushed since)."""
