@@ -447,6 +447,15 @@ class TruthLog:
         self._offset = 0
         self._partial = b""
 
+    def skip_to_end(self) -> TruthLog:
+        """Ignore what the file holds now; later polls read only lines appended after this."""
+        try:
+            self._offset = self.path.stat().st_size
+        except FileNotFoundError:
+            self._offset = 0
+        self._partial = b""
+        return self
+
     def poll(self) -> TruthLog:
         """Read whatever complete lines were appended since the last poll."""
         try:
@@ -533,10 +542,18 @@ class ResponderProcess:
         self.log_path = log_path or truth_path.with_suffix(".log")
         self.truth = TruthLog(truth_path)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._attached: int | None = None  # pid of a responder another process started
 
     @property
     def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
+        return self._attached if self._proc is None else self._proc.pid
+
+    def attach(self, pid: int) -> None:
+        """Control a responder started by another process (``vcmon lab up``), by its pid."""
+        if self._proc is not None:
+            raise ResponderError("responder already started by this controller")
+        self._attached = pid
+        self.truth.skip_to_end()  # its history is not ours to wait through
 
     def write_profiles(self, profiles: Mapping[str, Profile]) -> str:
         """Atomically replace the profiles file; return its digest."""
@@ -574,9 +591,11 @@ class ResponderProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         with self.log_path.open("ab") as log_fh:
             # `ip netns exec` execs in place, so the Popen pid is the responder's own.
+            # A responder meant to outlive us gets its own session, away from our terminal.
             self._proc = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh, env=env
-            )
+                self.command(), stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh, env=env,
+                start_new_session=not self.die_with_parent,
+            )  # fmt: skip
 
         def ready() -> bool:
             if self._proc is not None and self._proc.poll() is not None:
@@ -591,10 +610,10 @@ class ResponderProcess:
 
     def set_profiles(self, profiles: Mapping[str, Profile], *, timeout: float = 5.0) -> None:
         """Replace the live profiles (SIGHUP) and wait until the responder uses them."""
-        proc = self._require()
+        self._require()
         digest = self.write_profiles(profiles)
         before = len(self.truth.poll().events)
-        proc.send_signal(signal.SIGHUP)
+        self._signal(signal.SIGHUP)
 
         def reloaded() -> bool:
             for ev in self.truth.poll().events[before:]:
@@ -609,9 +628,9 @@ class ResponderProcess:
 
     def stats(self, *, timeout: float = 5.0) -> dict[str, Any]:
         """Ask for a ``stats`` event (SIGUSR1) and return it."""
-        proc = self._require()
+        self._require()
         before = len(self.truth.poll().events)
-        proc.send_signal(signal.SIGUSR1)
+        self._signal(signal.SIGUSR1)
         found: list[dict[str, Any]] = []
 
         def got() -> bool:
@@ -625,6 +644,10 @@ class ResponderProcess:
         """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code, None if not run."""
         proc, self._proc = self._proc, None
         if proc is None:
+            attached, self._attached = self._attached, None
+            if attached is not None and _alive(attached):
+                os.kill(attached, signal.SIGTERM)
+                wait_until(lambda: not _alive(attached), timeout, "the responder to stop")
             return None
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -637,16 +660,36 @@ class ResponderProcess:
         self.truth.poll()
         return proc.returncode
 
-    def _require(self) -> subprocess.Popen[bytes]:
+    def _require(self) -> None:
+        if self._proc is None and self._attached is not None:
+            if not _alive(self._attached):
+                raise ResponderError(f"responder {self._attached} is not running: "
+                                     f"{self._log_tail()}")  # fmt: skip
+            return
         if self._proc is None or self._proc.poll() is not None:
             raise ResponderError(f"responder is not running: {self._log_tail()}")
-        return self._proc
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(sig)
+        elif self._attached is not None:
+            os.kill(self._attached, sig)
 
     def _log_tail(self, limit: int = 2000) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-limit:].strip()
         except FileNotFoundError:
             return ""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            # The state letter follows the command name, which is in parentheses.
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
 
 
 # --- command line -----------------------------------------------------------------------------
