@@ -410,7 +410,7 @@ class Lab:
         )
         self.services = (
             ServicesProcess(names.province, workdir / "profiles.json", workdir / "services.jsonl",
-                            seed=seed, die_with_parent=die_with_parent)
+                            seed=seed, realtime=min(realtime, 1), die_with_parent=die_with_parent)
             if services else None
         )  # fmt: skip
 

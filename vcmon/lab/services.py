@@ -21,8 +21,9 @@ TCP connections and ignores UDP. A malformed SIP message is ignored on UDP and a
 at once on TCP (then the connection closes); malformed HTTP gets 400.
 
 Limitations: the kernel completes the TCP handshake before this process sees the connection,
-so the handshake is neither delayed nor lost, and a down endpoint shows as "connected, then
-reset" instead of silence; fixing that needs packet-level interception. Loss on TCP withholds
+so the handshake is neither delayed nor lost, and a down endpoint resets the connection (seen
+by the client at connect() or at its first read) instead of staying silent; fixing that needs
+packet-level interception. Loss on TCP withholds
 the answer instead of costing a retransmission timeout as on a real link.
 
 Ground truth (``--truth``), one JSON object per line:
@@ -59,6 +60,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -617,6 +619,7 @@ class Connection(asyncio.Protocol):
         self.flow = Flow(self.service, "", "", 0, port)
         self.buffer = bytearray()
         self.last_due = 0  # ns: answers on one connection never overtake each other
+        self.outbox: deque[tuple[bytes, bool]] = deque()  # (answer, close after it)
         self.idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -635,10 +638,10 @@ class Connection(asyncio.Protocol):
             return
         self._touch()
         self.buffer += data
-        if len(self.buffer) > MAX_MESSAGE:
+        self.consume(time.time_ns())
+        # What is left is an incomplete message; past the limit it will not become a good one.
+        if len(self.buffer) > MAX_MESSAGE and not self.transport.is_closing():
             self.bad("message too large")
-        else:
-            self.consume(time.time_ns())
 
     def consume(self, rx_ns: int) -> None:
         """Act on buffered data; this plain service discards it."""
@@ -653,11 +656,15 @@ class Connection(asyncio.Protocol):
         """Answer after the planned delay, but never before the previous answer."""
         due = max(rx_ns + planned_ns, self.last_due)
         self.last_due = due
-        self.owner.answer(
-            self.flow, rx_ns, due - rx_ns, len(payload), partial(self._write, payload, close)
-        )
+        self.outbox.append((payload, close))
+        self.owner.answer(self.flow, rx_ns, due - rx_ns, len(payload), self._write_next)
 
-    def _write(self, payload: bytes, close: bool) -> bool:
+    def _write_next(self) -> bool:
+        # asyncio runs timers due at the same instant in any order; taking the oldest answer
+        # here, whichever timer fires, keeps the answers in the order of their requests.
+        if not self.outbox:
+            return False
+        payload, close = self.outbox.popleft()
         if self.transport is None or self.transport.is_closing():
             return False
         self.transport.write(payload)
@@ -691,6 +698,7 @@ class Connection(asyncio.Protocol):
             self.idle.cancel()
         self.transport = None
         self.buffer.clear()
+        self.outbox.clear()
 
 
 class SipConnection(Connection):
@@ -718,10 +726,10 @@ class SipConnection(Connection):
             if len(self.buffer) < end:
                 return
             req = parse_sip(self.buffer[:end])
-            del self.buffer[:end]
             if req.error is not None:
-                self.bad(req.error)
+                self.bad(req.error)  # with the message still buffered, to copy its headers
                 return
+            del self.buffer[:end]
             reply = sip_response(req, self.flow.src, self.flow.sport)
             planned = None if reply is None else self.owner.judge(self.flow, rx_ns)
             if reply is not None and planned is not None:
@@ -849,9 +857,11 @@ class ServicesProcess:
         truth_path: Path,
         *,
         seed: int | None = None,
+        realtime: int = 0,
         die_with_parent: bool = False,
     ) -> None:
         self.netns = netns
+        self.realtime = realtime
         self.profiles_path = profiles_path
         self.truth_path = truth_path
         self.log_path = truth_path.with_suffix(".log")
@@ -878,6 +888,8 @@ class ServicesProcess:
                "--profiles", str(self.profiles_path), "--truth", str(self.truth_path)]  # fmt: skip
         if self.seed is not None:
             cmd += ["--seed", str(self.seed)]
+        if self.realtime:
+            cmd += ["--realtime", str(self.realtime)]
         if self.die_with_parent:
             cmd += ["--die-with-parent", str(os.getpid())]
         return cmd
@@ -1052,6 +1064,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="PID",
         help="exit (SIGTERM) when the process PID that started us dies",
     )
+    parser.add_argument(
+        "--realtime",
+        type=int,
+        default=0,
+        metavar="PRIO",
+        help="SCHED_FIFO priority (0, the default, keeps the normal scheduler)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -1064,6 +1083,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("parent %d is already gone", args.die_with_parent)
             return 1
     _prctl(_PR_SET_TIMERSLACK, 1)  # the default 50 µs slack would add to every delay
+    if args.realtime:
+        try:
+            # On a busy host a normal task wakes up to a few ms late; an answer due now must not
+            # wait for that. It sleeps between answers, so it takes little from others.
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.realtime))
+        except OSError as exc:
+            log.warning("cannot run with real-time priority %d: %s", args.realtime, exc)
     _raise_fd_limit()
     try:
         asyncio.run(_serve(args.profiles, args.truth, args.seed))
