@@ -438,14 +438,17 @@ def test_content_length() -> None:
 
 @given(st.binary(max_size=300))
 def test_parsers_never_raise(data: bytes) -> None:
-    req = parse_sip(data)
-    sip_response(req, MONITOR, 1)
-    content_length(data)
+    for message in (data, b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/UDP " + data):
+        sip_response(parse_sip(message), MONITOR, 1)
+        content_length(message)
     http_response(data, SLOW)
+    http_response(b"GET " + data + b" HTTP/1.1\r\n\r\n", SLOW)
 
 
 def test_http_response_codes() -> None:
     assert http_response(b"GET http://x/?q=1 HTTP/1.1\r\nHost: x", SLOW)[0] == 200
+    assert http_response(b"GET http://x HTTP/1.1", SLOW)[0] == 200
+    assert http_response(b"GET http://[x/y HTTP/1.1", SLOW)[0] == 404
     assert http_response(b"GET /a HTTP/1.1", SLOW)[0] == 404
     assert http_response(b"DELETE / HTTP/1.1", SLOW)[0] == 405
     assert http_response(b"GET / HTTP/2", SLOW)[0] == 400
