@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 class Daemon:
     """One monitoring process: probes every endpoint and serves what it learns."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, icmp_netns: str | None = None) -> None:
         self.config = config
+        # Named network namespace the ICMP sockets are opened in (HTTP stays in ours).
+        self.icmp_netns = icmp_netns
         self.results = Results(config.endpoints)
         self._engine: IcmpEngine | None = None
         self.registry, self.self_metrics = build_registry(self.results, self._engine_counters)
@@ -62,9 +64,12 @@ class Daemon:
             loop.add_signal_handler(sig, handler)
         cfg = self.config
         try:
-            async with IcmpEngine(
+            engine = IcmpEngine(
                 mode=cfg.icmp.socket, max_rate=cfg.icmp.max_rate, payload_size=cfg.icmp.payload_size
-            ) as engine:
+            )
+            if self.icmp_netns is not None:
+                _start_in_netns(engine, self.icmp_netns)
+            async with engine:  # starts it, unless already started in the namespace
                 self._engine = engine
                 probes = build_probes(engine)
                 info = {
@@ -127,6 +132,29 @@ class Daemon:
         return True
 
 
-async def run_daemon(config: Config) -> None:
-    """Run a daemon for ``config`` until a signal stops it."""
-    await Daemon(config).run()
+def _start_in_netns(engine: IcmpEngine, name: str) -> None:
+    """Open the engine's sockets inside network namespace ``name`` (the lab's monitor side).
+
+    A socket keeps the namespace it was created in, so probes go through the lab while HTTP
+    is served on this host's loopback. Only this thread switches, and only for the synchronous
+    part of ``start()``: were it ever to suspend, other coroutines would run in the namespace,
+    so that is refused instead of awaited.
+    """
+    from vcmon.lab.netns import in_netns  # only here: the lab is otherwise no part of the daemon
+
+    with in_netns(name):
+        step = engine.start()
+        try:
+            step.send(None)
+        except StopIteration:
+            pass
+        else:
+            step.close()
+            engine.close()
+            raise RuntimeError("the ICMP engine's start() suspended; cannot open it in a netns")
+    event(log, logging.INFO, "icmp_netns", netns=name)
+
+
+async def run_daemon(config: Config, *, icmp_netns: str | None = None) -> None:
+    """Run a daemon for ``config`` until a signal stops it; probe from ``icmp_netns`` if given."""
+    await Daemon(config, icmp_netns=icmp_netns).run()

@@ -247,7 +247,9 @@ def by_address(profiles: Mapping[str, Profile], addresses: Mapping[str, str]) ->
 # --- the lab's config -------------------------------------------------------------------------
 
 
-def lab_config(config: Config, addresses: Mapping[str, str], *, instance: str = "lab") -> str:
+def lab_config(
+    config: Config, addresses: Mapping[str, str], *, instance: str = "lab", listen: str = LAB_LISTEN
+) -> str:
     """A config for a daemon watching the lab: same inventory, lab addresses, loopback listen.
 
     Timing keys are written per endpoint only where they differ from the defaults.
@@ -277,7 +279,7 @@ def lab_config(config: Config, addresses: Mapping[str, str], *, instance: str = 
         endpoints.append(doc)
     data = {
         "instance": instance,
-        "listen": LAB_LISTEN,
+        "listen": listen,
         "defaults": defaults.model_dump(),
         "icmp": config.icmp.model_dump(),
         "endpoints": endpoints,
