@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -399,3 +400,39 @@ def test_demo_runs_lab_scenario_and_daemon_then_cleans_up(lab_env: Env, tmp_path
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
     out.wait(lambda line: line == "lab down", 5, "lab down")
     assert_nothing_left(home, state)
+
+
+def test_demo_without_root_falls_back_to_loopback(require_root: None) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("needs setpriv (util-linux) to drop root")
+    port = free_port()
+    proc = subprocess.Popen(
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+         "vcmon", "demo", "--listen", f"127.0.0.1:{port}", "--summary-every", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "COLUMNS": "300"},
+    )  # fmt: skip
+    out = Lines(proc.stdout)
+    try:
+        out.wait(lambda line: line.startswith("status:"), 20, "the status URL")
+        try:
+            proc.wait(3)  # exits at once when this host allows nobody no ICMP socket at all
+        except subprocess.TimeoutExpired:
+            out.wait(lambda line: "231 rooms: 231 up" in line, 30, "the loopback rooms up")
+            proc.send_signal(signal.SIGINT)
+            proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert "note: not root, so no province lab" in stderr
+    assert "NOT simulated" in stderr
+    if proc.returncode == 1:
+        assert "cannot open an ICMP socket" in stderr
+        assert "ping_group_range" in stderr
+    else:
+        assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "lab down" not in out.seen

@@ -395,3 +395,39 @@ def test_the_demo_breaks_something_every_few_minutes() -> None:
     assert kinds == set(StepKind)
     co_to = next(b for b in sc.steps if b.step.kind is StepKind.UPLINK)
     assert co_to.ids == {"co-to", "co-to-co-to", "co-to-dong-tien", "co-to-thanh-lan"}
+
+
+async def test_a_cancelled_runner_does_not_fail_when_the_lab_is_already_gone() -> None:
+    calls = 0
+    entered = asyncio.Event()
+
+    async def apply(profiles: Mapping[str, Profile]) -> None:
+        nonlocal calls
+        calls += 1
+        entered.set()
+        if calls > 1:
+            raise OSError("responder is not running")
+
+    sc = scenario("steps:\n  - {at: 0, down: tinh, for: 3000}\n")
+    task = asyncio.create_task(ScenarioRunner(sc, BASE, apply).run())
+    await asyncio.wait_for(entered.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert calls == 2  # the restore was tried, its failure logged, the cancel kept
+
+
+async def test_a_restore_failure_at_the_end_is_an_error() -> None:
+    fake = FakeTime()
+    calls = 0
+
+    async def apply(profiles: Mapping[str, Profile]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OSError("responder is not running")
+
+    sc = scenario("steps:\n  - {at: 0, down: tinh, for: 1}\n")
+    runner = ScenarioRunner(sc, BASE, apply, clock=fake.clock, sleep=fake.sleep)
+    with pytest.raises(OSError, match="responder is not running"):
+        await runner.run()

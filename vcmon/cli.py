@@ -510,8 +510,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             st = plan.lab.state
             out.print(
                 f"lab: {len(plan.config.endpoints)} rooms on 198.18.x.x in namespace "
-                f"{st.province}, probed from {st.monitor}; `sudo vcmon lab status` in another "
-                "terminal shows every profile",
+                f"{st.province}, probed from {st.monitor}; `sudo vcmon lab status"
+                f"{f' --lab {args.lab}' if args.lab else ''}` in another terminal shows every "
+                "profile",
                 markup=False,
             )
         out.print(f"metrics: {urls[0]}", markup=False)

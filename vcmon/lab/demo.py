@@ -127,7 +127,7 @@ class DistrictRow:
     rtt_ms: float | None  # median of the endpoints' mean RTTs
     rtt_max_ms: float | None  # worst mean RTT
     jitter_ms: float | None  # median jitter
-    loss_pct: float | None  # mean loss of the last rounds
+    loss_pct: float | None  # mean loss of the last rounds of the rooms that answered
     down_ids: tuple[str, ...]
 
 
@@ -168,7 +168,8 @@ def district_rows(results: Results) -> list[DistrictRow]:
     for district, items in groups.items():
         rtts = [r for _, _, r, _, _ in items if r is not None]
         jitters = [j for _, _, _, j, _ in items if j is not None]
-        losses = [x for _, _, _, _, x in items if x == x]  # NaN: no round yet
+        # Rooms not answering at all are listed apart; loss here is the answering rooms'.
+        losses = [x for _, st, _, _, x in items if st is State.UP]
         down = tuple(eid for eid, st, _, _, _ in items if st is not None and st is not State.UP)
         rows.append(
             DistrictRow(

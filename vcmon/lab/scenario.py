@@ -566,6 +566,7 @@ class ScenarioRunner:
         event(log, logging.INFO, "scenario_started", scenario=sc.scenario.name,
               steps=len(sc.steps), loop=sc.loop, period=sc.period)  # fmt: skip
         target = 0.0
+        cancelled = False
         try:
             while True:
                 # Never evaluate before the boundary we slept for, whatever the clock's grain.
@@ -580,10 +581,21 @@ class ScenarioRunner:
                     break
                 target = nxt
                 await self._sleep(max(0.0, nxt - (self._clock() - start)))
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
             if current:
-                await self._apply(dict(self.base))
-                event(log, logging.INFO, "scenario_restored", scenario=sc.scenario.name)
+                try:
+                    await self._apply(dict(self.base))
+                except Exception as exc:
+                    # Cancelled because the lab is going away (the demo's Ctrl-C reaches its
+                    # responder too): nothing left to restore, and no reason to fail the stop.
+                    if not cancelled:
+                        raise
+                    event(log, logging.WARNING, "scenario_restore_failed", error=str(exc))
+                else:
+                    event(log, logging.INFO, "scenario_restored", scenario=sc.scenario.name)
         event(log, logging.INFO, "scenario_finished", scenario=sc.scenario.name)
 
     def _report(self, t: float, wanted: Mapping[str, Override]) -> None:
