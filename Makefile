@@ -21,7 +21,7 @@ debs:
 	  else echo "note: not root, cannot install:$$missing (tests needing them will skip)"; fi; \
 	fi
 
-demo: $(STAMP)
+demo: $(STAMP) debs
 	$(BIN)/vcmon demo
 
 lint: $(STAMP)

@@ -427,7 +427,8 @@ def test_demo_without_root_falls_back_to_loopback(require_root: None) -> None:
             proc.kill()
             proc.wait()
     stderr = proc.stderr.read() if proc.stderr else ""
-    assert "note: not root, so no province lab" in stderr
+    note = "note: the lab needs root (network namespaces, raw sockets); run it with sudo, so no "
+    assert note + "province lab: the 231 rooms are loopback addresses" in stderr
     assert "NOT simulated" in stderr
     if proc.returncode == 1:
         assert "cannot open an ICMP socket" in stderr

@@ -181,11 +181,11 @@ def _lab_home(args: argparse.Namespace) -> LabHome:
     return LabHome.named(args.lab)
 
 
-def _not_root() -> bool:
-    """Print why the lab cannot run here; True when it cannot."""
-    from vcmon.lab.control import not_root_reason
+def _no_lab() -> bool:
+    """Print why the lab cannot run here (not root, no `ip`); True when it cannot."""
+    from vcmon.lab.control import unavailable_reason
 
-    reason = not_root_reason()
+    reason = unavailable_reason()
     if reason is not None:
         err.print(f"vcmon: {reason}", markup=False)
     return reason is not None
@@ -220,7 +220,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     from vcmon.lab.control import lab_up
     from vcmon.lab.province import LabMappingError
 
-    if _not_root():
+    if _no_lab():
         return EXIT_FAILURE
     logs.setup("warning")
     home = _lab_home(args)
@@ -261,7 +261,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
 def cmd_lab_down(args: argparse.Namespace) -> int:
     from vcmon.lab.control import lab_down
 
-    if _not_root():
+    if _no_lab():
         return EXIT_FAILURE
     logs.setup("warning")
     home = _lab_home(args)
@@ -314,7 +314,7 @@ def _status_table(status: LabStatus) -> Table:
 def cmd_lab_status(args: argparse.Namespace) -> int:
     from vcmon.lab.control import lab_status
 
-    if _not_root():
+    if _no_lab():
         return EXIT_FAILURE
     home = _lab_home(args)
     try:
@@ -363,7 +363,7 @@ def cmd_lab_scenario(args: argparse.Namespace) -> int:
     from vcmon.lab.control import attach, play_scenario, prepare_scenario
     from vcmon.lab.scenario import Progress
 
-    if _not_root():
+    if _no_lab():
         return EXIT_FAILURE
     logs.setup("warning")
     home = _lab_home(args)
@@ -477,7 +477,7 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from vcmon.lab import demo
-    from vcmon.lab.control import lab_down, not_root_reason
+    from vcmon.lab.control import lab_down, unavailable_reason
     from vcmon.lab.province import LabMappingError
     from vcmon.probes.icmp import IcmpUnavailable
 
@@ -491,13 +491,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.scenario == "none":
         scenario = None
     try:
-        if not_root_reason() is None:
+        reason = unavailable_reason()
+        if reason is None:
             out.print("bringing up the province lab …")
             plan = demo.prepare_lab(
                 home, inventory=inventory, scenario=scenario, seed=seed, listen=listen
             )
         else:
-            err.print(f"note: {demo.LOOPBACK_NOTE}", markup=False)
+            err.print(f"note: {reason}, so {demo.LOOPBACK_NOTE}", markup=False)
             plan = demo.prepare_loopback(listen=args.listen)
     except (ConfigError, LabMappingError) as exc:
         return _usage_error(exc)

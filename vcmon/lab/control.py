@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -63,10 +64,12 @@ _OWN_FILES = (STATE_FILE, CONFIG_FILE, BASE_FILE, PROFILES_FILE, PROFILES_FILE +
               STATE_FILE + ".tmp")  # fmt: skip
 
 
-def not_root_reason() -> str | None:
+def unavailable_reason() -> str | None:
     """Why this process cannot run a lab, or None when it can."""
     if os.geteuid() != 0:
         return "the lab needs root (network namespaces, raw sockets); run it with sudo"
+    if shutil.which("ip") is None:
+        return "the lab needs the `ip` command: apt-get install iproute2 (or `make debs`)"
     return None
 
 

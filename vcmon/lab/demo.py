@@ -47,9 +47,9 @@ DEFAULT_SCENARIO = CONFIG_DIR / "scenarios" / "demo.yaml"
 LOOPBACK_CONFIG = CONFIG_DIR / "demo.yaml"
 #: Said when the demo runs without the lab, so nobody mistakes loopback for a network.
 LOOPBACK_NOTE = (
-    "not root, so no province lab: the 231 rooms are loopback addresses answered by this "
-    "machine's kernel. Delay, jitter, loss, outages and the demo scenario are NOT simulated "
-    "(every room is up with RTTs of a few µs). Run `sudo make demo` for the lab."
+    "no province lab: the 231 rooms are loopback addresses answered by this machine's kernel. "
+    "Delay, jitter, loss, outages and the demo scenario are NOT simulated (every room is up "
+    "with RTTs of a few µs). Run `sudo make demo` for the lab."
 )
 
 
