@@ -9,7 +9,9 @@ cleared at boot like the namespaces themselves, so state never outlives the lab 
 - ``vcmon-lab.yaml``      a ready-to-run daemon config: the inventory on lab addresses
 - ``base-profiles.json``  the generated profiles (what scenarios restore)
 - ``profiles.json``       the live profiles the responder reads on SIGHUP
-- ``truth.jsonl``         the responder's ground truth; ``truth.log`` its log
+- ``truth.jsonl``         the responder's ground truth (rotated to ``truth.jsonl.1`` past
+                          32 MiB, so a lab left running holds at most ~64 MiB of /run);
+                          ``truth.log`` its log
 - ``services.jsonl``      the TCP/SIP/HTTP/UDP services' truth; ``services.log`` their log
 - ``scenario.json``       the scenario being played, while one is
 
@@ -56,10 +58,11 @@ CONFIG_FILE = "vcmon-lab.yaml"
 BASE_FILE = "base-profiles.json"
 PROFILES_FILE = "profiles.json"
 TRUTH_FILE = "truth.jsonl"
+TRUTH_MAX_BYTES = 32 << 20  # 231 rooms × 5 echoes / 10 s write about 70 MiB an hour
 SCENARIO_FILE = "scenario.json"
 # Everything a lab writes; down removes exactly these, never anything else in the directory.
 _OWN_FILES = (STATE_FILE, CONFIG_FILE, BASE_FILE, PROFILES_FILE, PROFILES_FILE + ".tmp",
-              TRUTH_FILE, "truth.log", "services.jsonl", "services.log",
+              TRUTH_FILE, TRUTH_FILE + ".1", "truth.log", "services.jsonl", "services.log",
               SCENARIO_FILE, SCENARIO_FILE + ".tmp",
               STATE_FILE + ".tmp")  # fmt: skip
 
@@ -236,6 +239,9 @@ def lab_up(
         responder_cpus=_responder_cpus(),
         die_with_parent=owner_pid is not None,
     )
+    lab.responder.truth_max_bytes = TRUTH_MAX_BYTES
+    # This process only waits for reload events; a demo running for days must not hoard echoes.
+    lab.responder.truth.keep_echoes = False
     try:
         lab.start(by_address(profiles, addresses))
     except BaseException:
@@ -459,6 +465,7 @@ def attach_state(home: LabHome, state: LabState, *, lab: Lab | None = None) -> A
     base = {eid: by_addr[addr] for eid, addr in addresses.items() if addr in by_addr}
     if lab is None:
         lab = Lab(home.names, home.dir, services=state.services_pid is not None)
+        lab.responder.truth.keep_echoes = False
         lab.responder.attach(state.responder_pid)
         if lab.services is not None and state.services_pid is not None:
             lab.services.attach(state.services_pid)

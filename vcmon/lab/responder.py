@@ -29,6 +29,10 @@ millisecond, on SIGUSR1 and on exit):
   live; ``stats`` and ``stop`` carry counters and the lateness (``delay_ns − planned_ns``)
   distribution.
 
+With ``--truth-max-bytes`` the file is rotated once it grows past that size: it becomes
+``<truth>.1`` (replacing the previous one) and a new file starts, so a lab left running keeps
+at most about twice that; :class:`TruthLog` reads across a rotation.
+
 Destinations without a profile and without a ``"*"`` fallback are ignored: no reply and no
 truth record, like an address where nothing lives. Signals: SIGTERM/SIGINT stop cleanly
 (replies still waiting are recorded as dropped with reason ``shutdown``), SIGHUP reloads the
@@ -175,9 +179,16 @@ class Responder:
     """The responder's event loop; construct, then :meth:`run` until a stop signal."""
 
     def __init__(
-        self, profiles_path: Path, truth_path: Path, rng: random.Random, *, spin_ns: int = SPIN_NS
+        self,
+        profiles_path: Path,
+        truth_path: Path,
+        rng: random.Random,
+        *,
+        spin_ns: int = SPIN_NS,
+        truth_max_bytes: int = 0,
     ) -> None:
         self.profiles_path = profiles_path
+        self.truth_max_bytes = truth_max_bytes  # 0: never rotate
         self.spin_ns = spin_ns
         self.truth_path = truth_path
         self.rng = rng
@@ -226,6 +237,15 @@ class Responder:
             self._truth.write("".join(self.buffer))
             self._truth.flush()
             self.buffer.clear()
+            if self.truth_max_bytes and self._truth.tell() >= self.truth_max_bytes:
+                self._rotate()
+
+    def _rotate(self) -> None:
+        # Whole lines only were written, so readers finish the old file under its new name.
+        assert self._truth is not None
+        self._truth.close()
+        os.replace(self.truth_path, rotated(self.truth_path))
+        self._truth = self.truth_path.open("a", encoding="utf-8")
 
     def _stats(self) -> dict[str, Any]:
         return {
@@ -437,33 +457,72 @@ class EchoTruth:
         return None if self.delay_ns is None else self.delay_ns / 1e9
 
 
-class TruthLog:
-    """Incremental reader of a truth file: each :meth:`poll` parses the lines added since."""
+def rotated(path: Path) -> Path:
+    """Where a rotated truth file goes: ``truth.jsonl`` → ``truth.jsonl.1``."""
+    return path.with_name(path.name + ".1")
 
-    def __init__(self, path: Path) -> None:
+
+class TruthLog:
+    """Incremental reader of a truth file: each :meth:`poll` parses the lines added since.
+
+    Follows the file across a rotation. With ``keep_echoes`` off only events are kept (and
+    echo lines are not even parsed), for controllers of a long-running lab that wait for
+    ``reload`` events and must not hold every echo in memory.
+    """
+
+    def __init__(self, path: Path, *, keep_echoes: bool = True) -> None:
         self.path = path
+        self.keep_echoes = keep_echoes
         self.echoes: list[EchoTruth] = []
         self.events: list[dict[str, Any]] = []
         self._offset = 0
         self._partial = b""
+        self._inode: int | None = None
 
     def skip_to_end(self) -> TruthLog:
         """Ignore what the file holds now; later polls read only lines appended after this."""
         try:
-            self._offset = self.path.stat().st_size
+            st = self.path.stat()
         except FileNotFoundError:
-            self._offset = 0
+            self._offset, self._inode = 0, None
+        else:
+            self._offset, self._inode = st.st_size, st.st_ino
         self._partial = b""
         return self
 
     def poll(self) -> TruthLog:
         """Read whatever complete lines were appended since the last poll."""
         try:
-            with self.path.open("rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
+            fh = self.path.open("rb")
         except FileNotFoundError:
             return self
+        with fh:
+            # The inode of what was opened, not of the path a moment later: no rotation race.
+            st = os.fstat(fh.fileno())
+            if self._inode is not None and st.st_ino != self._inode:
+                self._finish_rotated()
+            elif st.st_size < self._offset:  # truncated: start over
+                self._offset, self._partial = 0, b""
+            self._inode = st.st_ino
+            fh.seek(self._offset)
+            self._consume(fh.read())
+        return self
+
+    def _finish_rotated(self) -> None:
+        """The file was rotated since the last poll: read the rest of it, then start afresh."""
+        try:
+            with rotated(self.path).open("rb") as old:
+                if os.fstat(old.fileno()).st_ino == self._inode:
+                    old.seek(self._offset)
+                    self._consume(old.read())
+                else:
+                    log.warning("truth %s rotated twice between polls; lines lost", self.path)
+        except FileNotFoundError:
+            pass
+        self._offset = 0
+        self._partial = b""
+
+    def _consume(self, chunk: bytes) -> None:
         self._offset += len(chunk)
         data = self._partial + chunk
         lines = data.split(b"\n")
@@ -471,12 +530,13 @@ class TruthLog:
         for line in lines:
             if not line.strip():
                 continue
+            if not self.keep_echoes and not line.startswith(b'{"event"'):
+                continue
             obj = json.loads(line)
             if "event" in obj:
                 self.events.append(obj)
-            else:
+            elif self.keep_echoes:
                 self.echoes.append(EchoTruth(**obj))
-        return self
 
     def find_event(self, kind: str, **match: Any) -> dict[str, Any] | None:
         """The latest event of ``kind`` whose fields include ``match``."""
@@ -530,9 +590,11 @@ class ResponderProcess:
         spin_us: int | None = None,
         cpus: Collection[int] | None = None,
         die_with_parent: bool = False,
+        truth_max_bytes: int = 0,
     ) -> None:
         self.netns = netns
         self.die_with_parent = die_with_parent
+        self.truth_max_bytes = truth_max_bytes
         self.cpus = sorted(cpus) if cpus else None
         self.realtime = realtime
         self.spin_us = spin_us
@@ -577,6 +639,8 @@ class ResponderProcess:
             cmd += ["--cpus", ",".join(map(str, self.cpus))]
         if self.die_with_parent:
             cmd += ["--die-with-parent", str(os.getpid())]
+        if self.truth_max_bytes:
+            cmd += ["--truth-max-bytes", str(self.truth_max_bytes)]
         return cmd
 
     def start(self, profiles: Mapping[str, Profile], *, timeout: float = 10.0) -> None:
@@ -731,6 +795,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=SPIN_NS // 1000,
         help="wake this many µs before a reply is due and spin the rest",
     )
+    parser.add_argument(
+        "--truth-max-bytes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="rotate the truth file to <truth>.1 past this size (0, the default: never)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -756,7 +827,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as exc:
             log.warning("cannot run with real-time priority %d: %s", args.realtime, exc)
     responder = Responder(
-        args.profiles, args.truth, random.Random(args.seed), spin_ns=args.spin_us * 1000
+        args.profiles,
+        args.truth,
+        random.Random(args.seed),
+        spin_ns=args.spin_us * 1000,
+        truth_max_bytes=args.truth_max_bytes,
     )
     try:
         responder.run()
