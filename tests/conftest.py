@@ -12,6 +12,14 @@ namespace pair with a user-space responder::
         truth = env.wait_echoes(lambda echoes: len(echoes) >= 5)
         env.set_profiles({"198.18.0.1": Profile(up=False)})
 
+``province_lab`` builds on it for tests that need an inventory: the rooms' lab addresses, their
+generated profiles (or given ones), a daemon config on a free port, and scenario playback::
+
+    async def test_outage(province_lab: ProvinceLabFactory) -> None:
+        env = province_lab(INVENTORY_YAML, profiles={"tinh": Profile(delay=0.020)})
+        # vcmon run -c env.config_path --netns env.lab.monitor, then:
+        await env.play("steps:\n  - {at: 0, uplink: co-to, for: 4}\n")
+
 While a lab is up, its responder (real-time priority, spinning before each due reply) gets the
 last CPU of this process's affinity to itself and the test's thread is pinned to the others,
 so the responder never preempts the prober between taking a send time and sending; without
@@ -24,18 +32,25 @@ outlives the test run.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import shutil
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import pytest
 
+from vcmon.config import Config, load_config
 from vcmon.lab import netns
 from vcmon.lab.netns import Lab, LabNames
 from vcmon.lab.profiles import Profile
+from vcmon.lab.province import by_address, generate_profiles, lab_config, map_addresses
+from vcmon.lab.scenario import BoundScenario, ScenarioRunner, bind, load_scenario, parse_scenario
+
+from .helpers import free_port
 
 _live_labs: dict[LabNames, Lab] = {}
 _lab_counter = itertools.count(1)
@@ -126,3 +141,78 @@ def lab(require_root: None, tmp_path: Path) -> Iterator[LabFactory]:
         _live_labs.pop(env.names, None)
     if errors:
         raise errors[0]
+
+
+@dataclass
+class ProvinceLab:
+    """A running lab for an inventory, with the daemon config that watches it."""
+
+    lab: Lab
+    config_path: Path  # the inventory on lab addresses, listening on a free loopback port
+    config: Config
+    addresses: dict[str, str]  # endpoint id → lab address
+    profiles: dict[str, Profile]  # endpoint id → base profile
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.config.listen}"
+
+    def set_profiles(self, profiles: Mapping[str, Profile]) -> None:
+        """Make endpoint-id profiles live (waits for the responder)."""
+        self.lab.set_profiles(by_address(profiles, self.addresses))
+
+    def scenario(self, scenario: str | Path) -> BoundScenario:
+        """A scenario (YAML text or a file) bound to this inventory."""
+        loaded = (
+            load_scenario(scenario) if isinstance(scenario, Path)
+            else parse_scenario(scenario, "<test scenario>")
+        )  # fmt: skip
+        return bind(loaded, {ep.id: ep.parent for ep in self.config.endpoints})
+
+    async def play(self, scenario: str | Path) -> None:
+        """Play a scenario to its end on this lab; the base profiles are restored after."""
+
+        async def apply(profiles: Mapping[str, Profile]) -> None:
+            await asyncio.to_thread(self.set_profiles, profiles)
+
+        await ScenarioRunner(self.scenario(scenario), self.profiles, apply).run()
+
+
+class ProvinceLabFactory(Protocol):
+    """Signature of the ``province_lab`` fixture."""
+
+    def __call__(
+        self,
+        inventory: str | Path,
+        *,
+        profiles: Mapping[str, Profile] | None = None,
+        seed: int = 1,
+    ) -> ProvinceLab: ...
+
+
+@pytest.fixture
+def province_lab(lab: LabFactory, tmp_path: Path) -> ProvinceLabFactory:
+    """Factory: ``province_lab(inventory)`` — YAML text or a file, addresses in 127.10.0.0/16 or
+    198.18.0.0/16 — starts a lab whose profiles are generated (``profiles`` overrides some, by
+    endpoint id) and writes the daemon config for it; torn down with the ``lab`` fixture."""
+    counter = itertools.count(1)
+
+    def make(
+        inventory: str | Path, *, profiles: Mapping[str, Profile] | None = None, seed: int = 1
+    ) -> ProvinceLab:
+        n = next(counter)
+        if isinstance(inventory, str):
+            path = tmp_path / f"inventory{n}.yaml"
+            path.write_text(inventory, encoding="utf-8")
+            inventory = path
+        source = load_config(inventory, env={})
+        addresses = map_addresses(source.endpoints)
+        base = generate_profiles(source.endpoints, seed) | dict(profiles or {})
+        config_path = tmp_path / f"vcmon-lab{n}.yaml"
+        config_path.write_text(
+            lab_config(source, addresses, listen=f"127.0.0.1:{free_port()}"), encoding="utf-8"
+        )
+        env = lab(by_address(base, addresses), seed=seed)
+        return ProvinceLab(env, config_path, load_config(config_path, env={}), addresses, base)
+
+    return make

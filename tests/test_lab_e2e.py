@@ -23,9 +23,8 @@ from vcmon import cli
 from vcmon.lab import netns
 from vcmon.lab.control import LabHome, LabState, pid_alive
 from vcmon.lab.profiles import Profile
-from vcmon.lab.scenario import ScenarioRunner, bind, parse_scenario
 
-from .conftest import LabFactory
+from .conftest import ProvinceLabFactory
 from .helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,8 +41,8 @@ ROOMS: dict[str, tuple[str, tuple[str, ...], Profile]] = {
 }
 
 
-def rooms_config(port: int) -> str:
-    lines = [f"listen: 127.0.0.1:{port}\n", TIMING, "endpoints:\n"]
+def rooms_inventory() -> str:
+    lines = [TIMING, "endpoints:\n"]
     for eid, (address, parents, _) in ROOMS.items():
         parent = f", parent: {parents[0]}" if parents else ""
         district = eid.split("-")[0]
@@ -52,6 +51,10 @@ def rooms_config(port: int) -> str:
             f"level: commune{parent}}}\n"
         )
     return "".join(lines)
+
+
+def rooms_config(port: int) -> str:
+    return f"listen: 127.0.0.1:{port}\n" + rooms_inventory()
 
 
 def metric(text: str, name: str) -> dict[str, float]:
@@ -84,20 +87,19 @@ async def wait_until(
 
 
 async def test_daemon_probes_through_the_lab_and_sees_an_uplink_fail(
-    lab: LabFactory, tmp_path: Path
+    province_lab: ProvinceLabFactory,
 ) -> None:
-    env = lab({address: profile for address, _, profile in ROOMS.values()}, seed=31)
-    port = free_port()
-    config = tmp_path / "vcmon.yaml"
-    config.write_text(rooms_config(port), encoding="utf-8")
+    env = province_lab(
+        rooms_inventory(), profiles={e: p for e, (_, _, p) in ROOMS.items()}, seed=31
+    )
+    monitor = env.lab.monitor
     proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "vcmon", "run", "-c", str(config), "--netns", env.monitor],
+        *[sys.executable, "-m", "vcmon", "run", "-c", str(env.config_path), "--netns", monitor],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    base = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+        async with httpx.AsyncClient(base_url=env.base_url, timeout=5) as http:
 
             async def metrics() -> str:
                 return (await http.get("/metrics")).text
@@ -118,21 +120,11 @@ async def test_daemon_probes_through_the_lab_and_sees_an_uplink_fail(
             for eid, (_, _, profile) in ROOMS.items():
                 assert abs(avg[eid] - profile.delay) < 0.001, (eid, avg[eid], profile)
             # The echoes really went through the lab: the responder answered them.
-            seen = {e.dst for e in env.echoes()}
+            seen = {e.dst for e in env.lab.echoes()}
             assert {address for address, _, _ in ROOMS.values()} <= seen
 
             # A district uplink fails: exactly that district goes down, then comes back.
-            parents = {eid: parents for eid, (_, parents, _) in ROOMS.items()}
-            scenario = bind(
-                parse_scenario("steps:\n  - {at: 0, uplink: d1, for: 4}\n", "t.yaml"), parents
-            )
-
-            async def apply(profiles: Mapping[str, Profile]) -> None:
-                by_address = {ROOMS[eid][0]: p for eid, p in profiles.items()}
-                await asyncio.to_thread(env.set_profiles, by_address)
-
-            base_profiles = {eid: p for eid, (_, _, p) in ROOMS.items()}
-            runner = asyncio.create_task(ScenarioRunner(scenario, base_profiles, apply).run())
+            runner = asyncio.create_task(env.play("steps:\n  - {at: 0, uplink: d1, for: 4}\n"))
             outage = {eid: 0.0 if eid.startswith("d1") else 1.0 for eid in ROOMS}
 
             async def shows(expected: dict[str, float]) -> bool:
@@ -147,7 +139,7 @@ async def test_daemon_probes_through_the_lab_and_sees_an_uplink_fail(
         _, raw = await asyncio.wait_for(proc.communicate(), 10)
     stderr = raw.decode()
     assert proc.returncode == 0, stderr
-    assert f"event=icmp_netns netns={env.monitor}" in stderr
+    assert f"event=icmp_netns netns={monitor}" in stderr
 
 
 def test_run_refuses_lab_addresses_outside_the_lab(tmp_path: Path) -> None:
