@@ -429,6 +429,9 @@ def _demo_view(snap: Snapshot, urls: tuple[str, str]) -> Group:
     title = f"{total} rooms: [green]{up} up[/], " + (
         f"[bold red]{down} not answering[/]" if down else "0 not answering"
     )
+    waiting = sum(r.waiting for r in snap.rows)
+    if waiting:
+        title += f", {waiting} not measured yet"
     table = Table(title=f"{title}   ·   {int(snap.elapsed)} s", title_justify="left")
     for col in ("district", "rooms", "up", "down", "RTT med ms", "RTT max ms", "jitter ms",
                 "loss %"):  # fmt: skip
