@@ -82,15 +82,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     except IcmpUnavailable as exc:
         err.print(f"vcmon: {exc}", markup=False)
         return EXIT_FAILURE
-    except PermissionError as exc:  # setns without CAP_SYS_ADMIN
-        err.print(f"vcmon: cannot probe from network namespace {args.netns}: {exc} "
-                  "(needs root)", markup=False)  # fmt: skip
-        return EXIT_FAILURE
     except netns_errors as exc:  # the namespace does not exist
         err.print(f"vcmon: {exc} (is the lab up? `vcmon lab status`)", markup=False)
         return EXIT_FAILURE
     except OSError as exc:  # e.g. the listen port is taken
-        err.print(f"vcmon: cannot start: {exc}", markup=False)
+        if args.netns is not None and "setns" in str(exc):  # without CAP_SYS_ADMIN
+            err.print(f"vcmon: cannot probe from network namespace {args.netns}: {exc} "
+                      "(needs root)", markup=False)  # fmt: skip
+        else:
+            err.print(f"vcmon: cannot start: {exc}", markup=False)
         return EXIT_FAILURE
     return EXIT_OK
 
