@@ -655,10 +655,11 @@ class ResponderProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         with self.log_path.open("ab") as log_fh:
             # `ip netns exec` execs in place, so the Popen pid is the responder's own.
-            # A responder meant to outlive us gets its own session, away from our terminal.
+            # Always its own session: the terminal's Ctrl-C goes to the demo, which then
+            # restores and stops the lab in order; PDEATHSIG still ends a tied responder.
             self._proc = subprocess.Popen(
                 self.command(), stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh, env=env,
-                start_new_session=not self.die_with_parent,
+                start_new_session=True,
             )  # fmt: skip
 
         def ready() -> bool:

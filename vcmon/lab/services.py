@@ -919,7 +919,7 @@ class ServicesProcess:
                 stdout=log_fh,
                 stderr=log_fh,
                 env=env,
-                start_new_session=not self.die_with_parent,
+                start_new_session=True,
             )
         self._wait_event(before, "ready", digest, timeout)
 
