@@ -3,7 +3,9 @@
 Both probe the 231 rooms of config/province-231.yaml (loopback addresses, kernel answers) at
 the same rate, 5 echoes per 10 s per room. vcmon is the whole daemon (HTTP server, metrics,
 scheduler), measured over a window after start-up; fping runs `-C 30 -p 2000`, i.e. one echo
-per room every 2 s for 60 s.
+per room every 2 s for 60 s. The two /metrics scrapes that count vcmon's echoes lie outside
+its CPU window; the CPU of one scrape is reported on its own, and what scraping every 15 s
+would add per echo. Wake-ups are voluntary context switches (the process went to sleep).
 
     python -m bench.cost [--duration 60]
 """
@@ -11,7 +13,8 @@ per room every 2 s for 60 s.
 from __future__ import annotations
 
 import argparse
-import resource
+import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +38,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wakeups(pid: int) -> int:
+    """Voluntary context switches so far: each is the process going to sleep, so one wake-up."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise RuntimeError("no voluntary_ctxt_switches")
 
 
 def _sent(base: str) -> float:
@@ -68,41 +79,68 @@ def measure_vcmon(duration: float) -> dict[str, Any]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("vcmon did not become ready")
                 time.sleep(0.2)
-            cpu0, sent0 = cpu_seconds(proc.pid), _sent(base)
+            # The scrapes that count the echoes stay outside the CPU window (a scrape of 231
+            # endpoints costs more than seconds of probing); one is measured on its own.
+            sent0 = _sent(base)
+            cpu0, wake0 = cpu_seconds(proc.pid), wakeups(proc.pid)
             time.sleep(duration)
-            cpu1, sent1 = cpu_seconds(proc.pid), _sent(base)
+            cpu1, wake1 = cpu_seconds(proc.pid), wakeups(proc.pid)
+            sent1 = _sent(base)
+            scrape = cpu_seconds(proc.pid) - cpu1
             rss = peak_rss_mb(proc.pid)
         finally:
             proc.terminate()
             proc.wait(10)
-    echoes = sent1 - sent0
-    return _row(int(echoes), cpu1 - cpu0, rss)
+    echoes = int(sent1 - sent0)
+    row = _row(echoes, cpu1 - cpu0, rss, (wake1 - wake0) / duration)
+    row["scrape_cpu_s"] = round(scrape, 3)
+    # What Prometheus scraping every 15 s would add to each echo.
+    row["cpu_s_per_1000_scraped_15s"] = round(
+        1000 * (cpu1 - cpu0 + scrape * duration / 15) / echoes, 4
+    )
+    return row
 
 
-def _row(echoes: int, cpu: float, rss_mb: float) -> dict[str, Any]:
+def _row(echoes: int, cpu: float, rss_mb: float, wakeups_per_s: float) -> dict[str, Any]:
     return {
         "echoes": echoes,
         "cpu_s": round(cpu, 3),
         "cpu_s_per_1000": round(1000 * cpu / echoes, 4),
         "peak_rss_mb": round(rss_mb, 1),
+        "wakeups_per_s": round(wakeups_per_s, 1),
     }
 
 
 def measure_fping(addresses: list[str], duration: float) -> dict[str, Any]:
-    """fping at the same per-target rate, accounted through RUSAGE_CHILDREN."""
+    """fping at the same per-target rate: CPU from its own rusage (wait4 on its pid).
+
+    Not RUSAGE_CHILDREN: its ru_maxrss is the largest of all reaped children, the vcmon
+    daemon measured before included.
+    """
     fping = shutil.which("fping")
     if fping is None:
         raise SystemExit("fping is not installed (apt-get install fping)")
     count = int(duration / 2)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(
+    started = time.monotonic()
+    proc = subprocess.Popen(
         [fping, "-C", str(count), "-p", "2000", "-i", "1", "-t", "1000", "-q", *addresses],
-        check=False, capture_output=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    # Peak RSS from fping's own VmHWM while it runs: even its own ru_maxrss counts the
+    # pages of this Python process it was forked from before it exec'd.
+    rss = 0.0
+    while True:
+        with contextlib.suppress(OSError, RuntimeError):
+            rss = max(rss, peak_rss_mb(proc.pid))
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        time.sleep(0.25)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    elapsed = time.monotonic() - started
+    cpu = usage.ru_utime + usage.ru_stime
     echoes = count * len(addresses)
-    return _row(echoes, cpu, after.ru_maxrss / 1024)
+    return _row(echoes, cpu, rss, usage.ru_nvcsw / elapsed)
 
 
 def main() -> None:
@@ -121,9 +159,14 @@ def main() -> None:
     for name, r in (("vcmon", v), ("fping", f)):
         print(
             f"{name:6} {r['echoes']:>6} echoes  {r['cpu_s']:>7} CPU s  "
-            f"{r['cpu_s_per_1000']:>7} CPU s/1000 echoes  peak RSS {r['peak_rss_mb']} MB"
+            f"{r['cpu_s_per_1000']:>7} CPU s/1000 echoes  peak RSS {r['peak_rss_mb']} MB  "
+            f"{r['wakeups_per_s']} wake-ups/s"
         )
     print(f"CPU per echo, vcmon / fping: {ratio:.2f}x")
+    print(
+        f"one /metrics scrape: {v['scrape_cpu_s']} CPU s; scraped every 15 s, vcmon would use "
+        f"{v['cpu_s_per_1000_scraped_15s']} CPU s/1000 echoes"
+    )
     doc = {"targets": len(addresses), "duration_s": args.duration, "vcmon": v, "fping": f}
     save("cost", {**doc, "cpu_ratio": round(ratio, 2)})
 

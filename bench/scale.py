@@ -26,7 +26,7 @@ LAG_BUDGET = 0.050
 
 
 def _write_config(n: int, path: Path) -> None:
-    lines = ["listen: 127.0.0.1:0", "endpoints:"]
+    lines = ["listen: 127.0.0.1:9", "endpoints:"]  # never opened here; port 0 is refused
     for i in range(n):
         lines.append(
             f"  - {{id: ep{i}, name: room {i}, address: {loopback_address(i)}, "
@@ -35,7 +35,7 @@ def _write_config(n: int, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-async def _measure(n: int, duration: float, warmup: float) -> dict[str, Any]:
+async def _measure(n: int, duration: float, warmup: float, tick: float | None) -> dict[str, Any]:
     from vcmon.config import load_config
     from vcmon.metrics import build_registry
     from vcmon.probes.icmp import IcmpEngine
@@ -52,14 +52,16 @@ async def _measure(n: int, duration: float, warmup: float) -> dict[str, Any]:
     _, self_metrics = build_registry(results, dict)
     rate = sum(ep.timing.count / ep.timing.interval for ep in config.endpoints)
     async with IcmpEngine(mode="auto", max_rate=max(5000.0, rate * 2)) as engine:
-        scheduler = Scheduler(results, build_probes(engine), Resolver(), self_metrics)
+        scheduler = Scheduler(results, build_probes(engine), Resolver(), self_metrics, tick=tick)
         task = asyncio.create_task(scheduler.run())
         await asyncio.sleep(warmup)
         scheduler.lag_samples.clear()
         cpu0 = time.process_time()
+        wakes0 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
         sent0 = sum(rec.sent for rec in results)
         await asyncio.sleep(duration)
         cpu1 = time.process_time()
+        wakes1 = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
         sent1 = sum(rec.sent for rec in results)
         received = sum(rec.received for rec in results)
         total_sent = sum(rec.sent for rec in results)
@@ -71,12 +73,14 @@ async def _measure(n: int, duration: float, warmup: float) -> dict[str, Any]:
     return {
         "endpoints": n,
         "echo_rate": round(rate, 1),
+        "tick_s": scheduler.tick,
         "rounds": len(lags),
         "lag_p50_ms": round(percentile(lags, 50) * 1000, 2),
         "lag_p99_ms": round(percentile(lags, 99) * 1000, 2),
         "lag_max_ms": round(max(lags) * 1000, 2) if lags else None,
         "cpu_percent": round(100 * (cpu1 - cpu0) / duration, 1),
         "cpu_us_per_echo": round(1e6 * (cpu1 - cpu0) / echoes, 1) if echoes else None,
+        "wakeups_per_s": round((wakes1 - wakes0) / duration, 1),
         "answered_ratio": round(received / total_sent, 4) if total_sent else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -89,16 +93,18 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,2500,5000,10000,15000,20000")
     ap.add_argument("--duration", type=float, default=40.0, help="measured seconds per size")
     ap.add_argument("--warmup", type=float, default=12.0, help="seconds before measuring")
+    ap.add_argument("--tick", type=float, help="grid of rounds, sends and reads, s (default: auto)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(asyncio.run(_measure(args.one, args.duration, args.warmup))))
+        print(json.dumps(asyncio.run(_measure(args.one, args.duration, args.warmup, args.tick))))
         return
     rows: list[dict[str, Any]] = []
     for n in (int(s) for s in args.sizes.split(",")):
         out = subprocess.run(
             [sys.executable, "-m", "bench.scale", "--one", str(n),
-             "--duration", str(args.duration), "--warmup", str(args.warmup)],
+             "--duration", str(args.duration), "--warmup", str(args.warmup),
+             *(["--tick", str(args.tick)] if args.tick is not None else [])],
             check=True, capture_output=True, text=True,
         )  # fmt: skip
         row = json.loads(out.stdout.strip().splitlines()[-1])
@@ -107,7 +113,8 @@ def main() -> None:
         print(
             f"{n:>6} endpoints  {row['echo_rate']:>7} echo/s  lag p50 {row['lag_p50_ms']:>6} ms  "
             f"p99 {row['lag_p99_ms']:>7} ms  cpu {row['cpu_percent']:>5} %  "
-            f"{row['cpu_us_per_echo']} µs/echo  answered {row['answered_ratio']}  "
+            f"{row['cpu_us_per_echo']} µs/echo  {row['wakeups_per_s']} wake-ups/s  "
+            f"tick {row['tick_s']} s  answered {row['answered_ratio']}  "
             f"rss {row['peak_rss_mb']} MB  {'ok' if ok else 'OVER BUDGET'}",
             flush=True,
         )

@@ -88,14 +88,24 @@ def mos(rtt_avg: float | None, jitter: float | None, loss_ratio: float) -> float
 
 def observe(result: RoundResult, started_at: float) -> Observation:
     """Summarise a probe's round into an Observation."""
-    rtts = tuple(e.rtt for e in result.echoes if e.outcome is Outcome.OK and e.rtt is not None)
-    errors = Counter(e.reason or "unknown" for e in result.echoes if e.outcome is Outcome.ERROR)
+    # One pass, and no Counter unless something failed: this runs for every round.
+    ok, error = Outcome.OK, Outcome.ERROR
+    rtts: list[float] = []
+    errors: Counter[str] | None = None
+    for e in result.echoes:
+        if e.outcome is ok:
+            if e.rtt is not None:
+                rtts.append(e.rtt)
+        elif e.outcome is error:
+            if errors is None:
+                errors = Counter()
+            errors[e.reason or "unknown"] += 1
     return Observation(
         started_at=started_at,
         sent=len(result.echoes),
         received=len(rtts),
-        rtts=rtts,
-        errors=tuple(sorted(errors.items())),
+        rtts=tuple(rtts),
+        errors=tuple(sorted(errors.items())) if errors else (),
         failure=result.failure,
         duplicates=result.duplicates,
     )

@@ -11,11 +11,22 @@ Why it is built this way (DESIGN.md §2, "Measuring honestly"):
 - The receive time is the kernel's (``SO_TIMESTAMPNS``) and the send time is read just before
   ``sendto`` from the same clock, so neither a busy event loop nor pacing delays show up in the
   RTT. Whether a reply is late is decided by those timestamps, never by when the loop woke up:
-  the socket is drained once more before a round is finalised.
+  the socket is drained once more before a round is timed out.
 - Sends go through a global token bucket so thousands of endpoints never burst at once. One
-  engine-wide timer sends every due echo from a heap of absolute send times (no task wakeup
-  or timer per echo); a round awaits one future, completed by its last answer or by its one
-  deadline timer.
+  engine-wide timer sends every due echo from a heap of absolute send times and ends rounds
+  from a heap of deadlines (no task wakeup or timer per echo or per round); a round awaits
+  one future, completed by its last answer or by its deadline.
+- The engine works on a grid of ``tick`` seconds on the loop clock (DEFAULT_TICK). Since both
+  timestamps come from the kernel's clock, *when* the loop reads a reply changes nothing, and a
+  few ms of send-time quantisation changes no measurement. So while echoes are outstanding
+  the sockets are drained once per tick instead of waking the loop for every reply; sends
+  (with a spacing of at least one tick), round deadlines and, through the scheduler, round
+  starts fall on the same grid points, and asyncio runs every timer due at one point in one
+  loop iteration. Wake-ups per second are then about ticks per second, however many
+  endpoints there are: at low rates an event-loop wake-up, not per-packet work, is what an
+  echo costs. A round ends at most one tick after its last answer. With ``tick=0`` (or while
+  no round runs, so late replies and strangers' packets are still read promptly) the
+  sockets are read whenever they become readable.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import asyncio
 import errno
 import heapq
 import logging
+import math
 import os
 import random
 import socket
@@ -31,8 +43,9 @@ import struct
 import sys
 import time
 from collections import deque
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from vcmon.probes.base import Echo, Outcome, RoundResult, RoundSettings, Tally
 from vcmon.probes.icmp_packet import (
@@ -45,9 +58,11 @@ from vcmon.probes.icmp_packet import (
     ICMP_ECHO_REPLY,
     ICMP_PARAMETER_PROBLEM,
     ICMP_TIME_EXCEEDED,
+    IPPROTO_ICMP,
     EchoReply,
     EchoTemplate,
     ErrorReport,
+    checksum_ok,
     parse_echo_request,
     parse_extended_err,
     parse_icmp4,
@@ -71,18 +86,23 @@ IPV6_RECVERR: Final = 25
 _MSG_TRUNC: Final = int(socket.MSG_TRUNC)  # a plain int: IntFlag arithmetic is slow
 _SOL_SOCKET: Final = int(socket.SOL_SOCKET)
 _TIMESPEC = struct.Struct("@ll")  # struct timespec: two native longs
+# An option-less IPv4 header, then an ICMP header: version/IHL, protocol, type, id, sequence.
+_V4_ICMP = struct.Struct("!B8xB10xB3xHH")
 _RCVBUF: Final = 4 << 20  # rides out a loop stall of ~1 s at 5,000 replies/s
 _ANCBUFSIZE: Final = 256  # a timespec, or a sock_extended_err plus the offender's address
 _BATCH: Final = 4096  # packets per readable event; level-triggered epoll calls again
 _GRACE: Final = 0.002  # s; the round timer may fire a hair early against the realtime clock
 _EARLY: Final = 0.0002  # s; echoes due this soon go out with the current batch
+_SLACK: Final = 1e-6  # in ticks: a time this close to a grid point is on it (float noise)
+DEFAULT_TICK: Final = 0.02  # s; the grid of an engine on its own (the scheduler sets its own)
 _COOKIE_LEN: Final = 8
+_MAX_DESTS: Final = 65536  # remembered destinations, before idle ones are dropped
+_BUSY_READ: Final = 64  # packets in one tick's read: read again a quarter tick later
 
-# Round states of one echo.
-_PENDING: Final = 0
-_OK: Final = 1
-_LATE: Final = 2  # answered after its timeout
-_ERROR: Final = 3  # an ICMP error answered it, or it could not be sent
+# Round states of one echo, where its RTT goes once answered in time (RTTs are >= 0).
+_PENDING: Final = -1
+_LATE: Final = -2  # answered after its timeout
+_ERROR: Final = -3  # an ICMP error answered it, or it could not be sent
 
 
 class IcmpUnavailable(RuntimeError):
@@ -223,6 +243,39 @@ def _target(address: str) -> tuple[int, str, tuple[str, int] | tuple[str, int, i
     return socket.AF_INET6, key, (key, 0, 0, scope_id)
 
 
+def grid_up(t: float, tick: float) -> float:
+    """The first grid point at or after ``t`` (``t`` itself without a grid, ``tick`` 0)."""
+    if tick <= 0.0:
+        return t
+    return math.ceil(t / tick - _SLACK) * tick
+
+
+def grid_after(t: float, tick: float) -> float:
+    """The first grid point strictly after ``t``."""
+    return (math.floor(t / tick + _SLACK) + 1) * tick
+
+
+def send_time(start: float, i: int, spacing: float, tick: float) -> float:
+    """Loop time at which echo ``i`` (from 0) of a round started at ``start`` is due.
+
+    The first goes at once. When the spacing is a whole number of ticks the others fall on
+    the grid, counted from the grid point the round started on (the scheduler starts rounds
+    on one), so the round adds no wake-ups of its own and its spacing stays exact. Any other
+    spacing is kept as configured, off the grid.
+    """
+    if i == 0:
+        return start
+    steps = spacing / tick if tick > 0.0 else 0.0
+    if steps < 1.0 - _SLACK or abs(steps - round(steps)) > _SLACK:
+        return start + i * spacing
+    return (math.floor(start / tick + _SLACK) + i * round(steps)) * tick
+
+
+def send_times(start: float, count: int, spacing: float, tick: float) -> list[float]:
+    """send_time() of each echo of a round."""
+    return [send_time(start, i, spacing, tick) for i in range(count)]
+
+
 class _Pacer:
     """Global token bucket as a GCRA: a send may go when ``wait`` is 0, then ``take`` it."""
 
@@ -246,10 +299,23 @@ class _Pacer:
 class _Family:
     """The shared socket of one address family and how to read it."""
 
-    __slots__ = ("bufsize", "fd", "raw", "sock", "template", "v6")
+    __slots__ = (
+        "active",
+        "bufsize",
+        "drained_at",
+        "fd",
+        "raw",
+        "reading",
+        "sock",
+        "template",
+        "v6",
+    )
 
     def __init__(self, sock: socket.socket, raw: bool, template: EchoTemplate, bufsize: int):
         self.sock = sock
+        self.drained_at = -1.0  # loop time the last drain started: all stamped before is read
+        self.active = 0  # rounds running on this socket
+        self.reading = False  # registered with the loop (read when readable), else read on ticks
         self.fd = sock.fileno()
         self.raw = raw
         self.v6 = sock.family == socket.AF_INET6
@@ -269,49 +335,66 @@ class _Dest:
         self.fam = fam
         self.sockaddr = sockaddr
         self.next_seq = 0
-        self.table: dict[int, tuple[_Round, int]] = {}
+        self.table: dict[int, _Round] = {}  # by sequence number
         self.active = 0  # rounds running against this address
 
 
 class _Round:
-    """The echoes of one round, by index in send order."""
+    """The echoes of one round, by index in send order.
+
+    Kept to a few plain lists: thousands of rounds in flight are objects the cyclic garbage
+    collector walks, and its pauses are scheduler lag.
+    """
 
     __slots__ = (
         "all_sent",
         "count",
-        "deadline",
+        "deadline_at",
         "dest",
         "duplicates",
         "finished",
         "last_sent_at",
+        "mono_offset",
         "pending",
         "reasons",
+        "retire_at",
         "rtt_ns",
         "sent",
-        "sent_mono",
         "sent_ns",
         "seqs",
-        "state",
+        "spacing",
+        "start",
         "tally",
+        "tick",
         "timeout",
         "timeout_ns",
         "waiter",
     )
 
     def __init__(
-        self, dest: _Dest, tally: Tally, count: int, timeout: float, waiter: asyncio.Future[None]
+        self,
+        dest: _Dest,
+        tally: Tally,
+        settings: RoundSettings,
+        start: float,
+        tick: float,
+        waiter: asyncio.Future[None],
     ) -> None:
+        count = settings.count
         self.dest = dest
         self.tally = tally
         self.count = count
-        self.timeout = timeout
-        self.timeout_ns = int(timeout * 1e9)
+        self.start = start  # loop time the round started: send_time() of each echo from it
+        self.spacing = settings.spacing
+        self.tick = tick
+        self.timeout = settings.timeout
+        self.timeout_ns = int(settings.timeout * 1e9)
         self.seqs = [0] * count
-        self.sent_ns = [0] * count
-        self.sent_mono = [0] * count
-        self.state = [_PENDING] * count
-        self.rtt_ns = [0] * count
-        self.reasons: list[str | None] = [None] * count
+        self.sent_ns = [0] * count  # wall clock (the kernel stamps' clock) before sendto
+        self.rtt_ns = [_PENDING] * count  # the RTT once answered in time, else a state
+        self.reasons: dict[int, str] | None = None  # by index, for echoes in state _ERROR
+        # For the rare reply without a usable kernel stamp: monotonic = wall + offset.
+        self.mono_offset = time.monotonic_ns() - time.time_ns()
         self.sent = 0  # echoes handed to sendto, successfully or not
         self.pending = 0  # sent and not yet answered, errored or late
         self.duplicates = 0
@@ -319,7 +402,11 @@ class _Round:
         self.last_sent_at = -1.0  # loop time of the last echo that went out
         self.finished = False
         self.waiter = waiter  # done when every echo is answered or the last deadline passed
-        self.deadline: asyncio.TimerHandle | None = None
+        self.deadline_at = math.inf  # loop time after which unanswered echoes are lost
+        self.retire_at = math.inf  # loop time its echoes are forgotten
+
+    def due(self, i: int) -> float:
+        return send_time(self.start, i, self.spacing, self.tick)
 
     def wake(self) -> None:
         if not self.waiter.done():
@@ -328,11 +415,12 @@ class _Round:
     def result(self) -> RoundResult:
         echoes = []
         for i in range(self.sent):
-            state = self.state[i]
-            if state == _OK:
-                echoes.append(Echo(self.seqs[i], Outcome.OK, rtt=self.rtt_ns[i] / 1e9))
-            elif state == _ERROR:
-                echoes.append(Echo(self.seqs[i], Outcome.ERROR, reason=self.reasons[i]))
+            rtt = self.rtt_ns[i]
+            if rtt >= 0:
+                echoes.append(Echo(self.seqs[i], Outcome.OK, rtt=rtt / 1e9))
+            elif rtt == _ERROR:
+                reason = self.reasons.get(i) if self.reasons else None
+                echoes.append(Echo(self.seqs[i], Outcome.ERROR, reason=reason))
             else:
                 echoes.append(Echo(self.seqs[i], Outcome.TIMEOUT))
         return RoundResult(tuple(echoes), duplicates=self.duplicates)
@@ -345,7 +433,9 @@ class IcmpEngine:
     ``mode`` is "auto" (raw if permitted, else dgram), "raw" or "dgram"; after start,
     ``engine.mode`` says which one is in use. ``counters`` counts received packets the engine
     could not use, by reason ("unmatched", "malformed", "foreign_id", "foreign_cookie",
-    "other_type"), for self-metrics.
+    "other_type"), for self-metrics. ``tick`` is the grid in seconds on which sends, reads
+    and round deadlines are batched (see the module docstring); 0 reads every reply as it
+    comes and sends at exact times.
     """
 
     def __init__(
@@ -357,6 +447,7 @@ class IcmpEngine:
         burst: int | None = None,
         retention: float = 5.0,
         rng: random.Random | None = None,
+        tick: float = DEFAULT_TICK,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"ICMP socket mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -376,21 +467,48 @@ class IcmpEngine:
             (0x10 + i) & 0xFF for i in range(payload_size - len(self._cookie))
         )
         self._bufsize = min(65535, max(2048, payload_size + 1024))
-        self._pacer = _Pacer(max_rate, burst or max(1, round(max_rate * 0.005)))
+        self._burst = burst or max(1, round(max_rate * 0.005))
+        self._pacer = _Pacer(max_rate, self._burst)
+        self._tick = 0.0
+        self._pace_gap = 0.0
         self._retention = retention
         self._families: dict[int, _Family] = {}
         self._unavailable: dict[int, str] = {}
         self._dests: dict[str, _Dest] = {}
+        self._targets: dict[str, tuple[int, str, tuple[str, int] | tuple[str, int, int, int]]] = {}
         self._rounds: set[_Round] = set()
-        self._retired: deque[tuple[float, _Round]] = deque()
-        self._queue: list[tuple[float, int, _Round, int]] = []  # (due, order, round, index)
+        self._retired: deque[_Round] = deque()
+        # (due, order, round, index): the next echo of each round that has one left to send.
+        self._queue: list[tuple[float, int, _Round, int]] = []
+        self._deadlines: list[tuple[float, int, _Round]] = []  # (deadline, order, round)
         self._order = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._pending = 0  # echoes of running rounds awaiting an answer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._warned_bug = False
         self._recv_errors_logged: set[int | None] = set()
+        self.tick = tick
+
+    @property
+    def tick(self) -> float:
+        """The grid in seconds (0: none). The scheduler sets it to the grid it starts rounds
+        on; a change applies to rounds started afterwards."""
+        return self._tick
+
+    @tick.setter
+    def tick(self, tick: float) -> None:
+        if not 0.0 <= tick <= 1.0:
+            raise ValueError(f"tick must be 0…1 s, not {tick!r}")
+        self._tick = tick
+        # Held back by the token bucket, the next batch waits until half the bucket is full
+        # again rather than waking for every token.
+        self._pace_gap = min(tick, max(1, self._burst // 2) / self.max_rate)
+        if not tick:
+            for fam in self._families.values():
+                if fam.active:  # rounds running: no more ticks to read for them
+                    self._set_reading(fam, True)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -408,7 +526,7 @@ class IcmpEngine:
             template = EchoTemplate(self._ident, self._payload, v6=v6)
             fam = _Family(sock, raw, template, self._bufsize)
             self._families[family] = fam
-            loop.add_reader(fam.fd, self._drain, fam)
+            self._set_reading(fam, True)
         for family, exc in failures.items():
             self._unavailable[family] = f"{_family_name(family)} ICMP socket unavailable: {exc}"
             log.warning("%s ICMP disabled: %s", _family_name(family), exc)
@@ -428,12 +546,13 @@ class IcmpEngine:
         self._closed = True
         for fam in self._families.values():
             if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(fam.fd)
+                self._set_reading(fam, False)
             fam.sock.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._queue.clear()
+        self._deadlines.clear()
         for r in self._rounds:
             r.wake()
         self._retired.clear()
@@ -473,7 +592,7 @@ class IcmpEngine:
     @property
     def outstanding(self) -> int:
         """Echoes of running rounds still waiting for an answer."""
-        return sum(r.pending for r in self._rounds)
+        return self._pending
 
     @property
     def tracked(self) -> int:
@@ -493,10 +612,16 @@ class IcmpEngine:
         loop = self._loop
         if loop is None or self._closed:
             raise RuntimeError("IcmpEngine is not running; use `async with IcmpEngine()`")
-        try:
-            family, key, sockaddr = _target(address)
-        except ValueError as exc:
-            return RoundResult((), failure=str(exc))
+        target = self._targets.get(address)
+        if target is None:
+            try:
+                target = _target(address)
+            except ValueError as exc:
+                return RoundResult((), failure=str(exc))
+            if len(self._targets) >= 65536:  # addresses come and go with DNS; stay bounded
+                self._targets.clear()
+            self._targets[address] = target
+        family, key, sockaddr = target
         fam = self._families.get(family)
         if fam is None:
             return RoundResult((), failure=self._unavailable.get(family, "no ICMP socket"))
@@ -505,34 +630,55 @@ class IcmpEngine:
             return RoundResult(())
         dest = self._dests.get(key)
         if dest is None:
+            if len(self._dests) >= _MAX_DESTS:  # addresses come and go with DNS
+                self._dests = {k: d for k, d in self._dests.items() if d.table or d.active}
+            # Kept once idle: its sequence numbers go on from round to round, and the next
+            # round does not build it again.
             dest = self._dests[key] = _Dest(key, fam, sockaddr)
-        r = _Round(dest, tally, count, settings.timeout, loop.create_future())
+        # Absolute send times, so spacing does not drift; one shared timer sends them all.
+        r = _Round(dest, tally, settings, loop.time(), self.tick, loop.create_future())
         dest.active += 1
+        fam.active += 1
         self._rounds.add(r)
+        if self.tick:
+            self._set_reading(fam, False)  # from now on the ticks read the socket
         try:
-            # Absolute send times, so spacing does not drift; one shared timer sends them all.
-            start = loop.time()
-            queue = self._queue
-            for i in range(count):
-                self._order += 1
-                heapq.heappush(queue, (start + i * settings.spacing, self._order, r, i))
+            self._order += 1
+            heapq.heappush(self._queue, (r.start, self._order, r, 0))
             self._pump()
+            # Done by the last answer, or by the deadline once the socket has been read
+            # past it (so an answer stamped in time is never lost to a late loop).
             await r.waiter
-            if not self._closed:
-                # A busy loop may wake up late: take whatever the kernel already stamped.
-                self._drain(fam)
-            r.finished = True
+            self._finish(r)
             result = r.result()
             self._retire(r, loop.time())
             return result
         finally:
             dest.active -= 1
+            fam.active -= 1
             self._rounds.discard(r)
-            if r.deadline is not None:
-                r.deadline.cancel()
             if not r.finished:  # cancelled or failed: nothing of it stays outstanding
-                r.finished = True  # its queued sends are skipped
+                self._finish(r)  # its queued sends are skipped
                 self._forget(r)
+            if not fam.active and not self._closed:
+                # Nothing to tick for: late replies and strangers' packets wake the loop.
+                self._set_reading(fam, True)
+
+    def _finish(self, r: _Round) -> None:
+        r.finished = True
+        self._pending -= r.pending
+        r.pending = 0
+
+    def _set_reading(self, fam: _Family, on: bool) -> None:
+        """Register a socket with the loop (read when readable) or not (read on ticks)."""
+        loop = asyncio.get_running_loop() if self._loop is None else self._loop
+        if on == fam.reading:
+            return
+        fam.reading = on
+        if on:
+            loop.add_reader(fam.fd, self._drain, fam)
+        else:
+            loop.remove_reader(fam.fd)
 
     def _arm(self, when: float) -> None:
         """Make sure the send timer fires no later than ``when``."""
@@ -545,8 +691,30 @@ class IcmpEngine:
         self._timer = self._loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
+        """A tick: read what arrived since the last one, end the rounds whose deadline has
+        passed, then send what is due."""
         self._timer = None
+        if self._closed or self._loop is None:
+            return
+        read = 0
+        for fam in self._families.values():
+            if not fam.reading:
+                read += self._drain(fam)
+        deadlines = self._deadlines
+        now = self._loop.time()
+        while deadlines and deadlines[0][0] <= now:
+            r = heapq.heappop(deadlines)[2]
+            if r.waiter.done():
+                continue
+            fam = r.dest.fam
+            if fam.drained_at < r.deadline_at:  # take what the kernel stamped before it
+                self._drain(fam)
+            r.wake()
         self._pump()
+        if read >= _BUSY_READ and self._pending:
+            # Heavy traffic: read more often than the grid, so that a socket buffer capped
+            # by net.core.rmem_max (datagram mode, no CAP_NET_ADMIN) cannot overflow.
+            self._arm(now + self.tick / 4)
 
     def _pump(self) -> None:
         """Send every queued echo that is due, as fast as the token bucket allows."""
@@ -563,21 +731,35 @@ class IcmpEngine:
                 continue
             if due > now + _EARLY:
                 self._arm(due)
-                return
+                break
             wait = pacer.wait(now)
             if wait > 0.0:
-                self._arm(now + wait)
-                return
-            heapq.heappop(queue)
+                self._arm(now + (wait if wait > self._pace_gap else self._pace_gap))
+                break
             pacer.take(now)
+            if i + 1 < r.count:  # the round's next echo takes this one's place
+                self._order += 1
+                heapq.heapreplace(queue, (r.due(i + 1), self._order, r, i + 1))
+            else:
+                heapq.heappop(queue)
             if self._send(r, i):
                 r.last_sent_at = loop.time()
             if i == r.count - 1:
                 r.all_sent = True
                 if not r.pending:
                     r.wake()
-                elif r.deadline is None:
-                    r.deadline = loop.call_at(r.last_sent_at + r.timeout + _GRACE, r.wake)
+                elif r.deadline_at == math.inf:
+                    r.deadline_at = grid_up(r.last_sent_at + r.timeout + _GRACE, self.tick)
+                    self._order += 1
+                    heapq.heappush(self._deadlines, (r.deadline_at, self._order, r))
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][2].waiter.done():  # answered in time: forget it
+            heapq.heappop(deadlines)
+        if deadlines:
+            self._arm(deadlines[0][0])
+        if self._pending and self.tick:
+            # Answers are read on the next tick (one wake-up for all of them).
+            self._arm(grid_after(now, self.tick))
 
     def _send(self, r: _Round, i: int) -> bool:
         dest = r.dest
@@ -586,52 +768,56 @@ class IcmpEngine:
         r.seqs[i] = seq
         r.sent = i + 1
         packet = dest.fam.template.build(seq)
-        entry = (r, i)
-        dest.table[seq] = entry
-        r.sent_mono[i] = time.monotonic_ns()
+        dest.table[seq] = r
         # Same clock as SO_TIMESTAMPNS, read as late as possible before the packet leaves.
         r.sent_ns[i] = time.time_ns()
         try:
             dest.fam.sock.sendto(packet, dest.sockaddr)
         except OSError as exc:
-            if dest.table.get(seq) is entry:
+            if dest.table.get(seq) is r:
                 del dest.table[seq]  # nothing went out, so nothing can answer it
             name = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno else "unknown"
             reason = f"send:{name}"
-            r.state[i] = _ERROR
+            r.rtt_ns[i] = _ERROR
+            if r.reasons is None:
+                r.reasons = {}
             r.reasons[i] = reason
             r.tally.errors[reason] += 1
             log.debug("echo to %s not sent: %s", dest.key, exc)
             return False
         r.pending += 1
+        self._pending += 1
         return True
 
     def _retire(self, r: _Round, now: float) -> None:
         """Keep a finished round's echoes a while for late replies and duplicates, then prune."""
         retired = self._retired
-        retired.append((now + self._retention, r))
-        while retired and retired[0][0] <= now:
-            self._forget(retired.popleft()[1])
+        r.retire_at = now + self._retention
+        retired.append(r)
+        while retired and retired[0].retire_at <= now:
+            self._forget(retired.popleft())
 
     def _forget(self, r: _Round) -> None:
         dest = r.dest
         table = dest.table
         for i in range(r.sent):
-            entry = table.get(r.seqs[i])
-            if entry is not None and entry[0] is r:
-                del table[r.seqs[i]]
-        if not table and not dest.active and self._dests.get(dest.key) is dest:
-            del self._dests[dest.key]
+            seq = r.seqs[i]
+            if table.get(seq) is r:
+                del table[seq]
 
     # -- receiving -------------------------------------------------------------------------
 
     def _count(self, reason: str) -> None:
         self.counters[reason] = self.counters.get(reason, 0) + 1
 
-    def _drain(self, fam: _Family) -> None:
-        """Read everything queued on ``fam``'s socket: on readable, and before a round ends."""
+    def _drain(self, fam: _Family) -> int:
+        """Read everything queued on ``fam``'s socket: on a tick (or when readable, while the
+        sockets are registered), and at a round's deadline. Returns the packets read."""
+        if self._loop is not None:
+            fam.drained_at = self._loop.time()
         recvmsg = fam.sock.recvmsg
         bufsize = fam.bufsize
+        read = 0
         for _ in range(_BATCH):
             try:
                 data, ancdata, flags, addr = recvmsg(bufsize, _ANCBUFSIZE)
@@ -647,6 +833,7 @@ class IcmpEngine:
                 # details wait on the error queue.
                 self._drain_errqueue(fam)
                 continue
+            read += 1
             rx_ns = 0
             for level, ctype, cdata in ancdata:
                 if ctype == SO_TIMESTAMPNS and level == _SOL_SOCKET:
@@ -661,6 +848,7 @@ class IcmpEngine:
                     log.warning("ICMP packet could not be handled", exc_info=True)
         if not fam.raw and not self._closed:
             self._drain_errqueue(fam)
+        return read
 
     def _drain_errqueue(self, fam: _Family) -> None:
         for _ in range(_BATCH):
@@ -686,6 +874,20 @@ class IcmpEngine:
             self._on_error(dst, request[1], reason)
 
     def _on_packet(self, fam: _Family, data: bytes, src: str, rx_ns: int, flags: int) -> None:
+        if fam.raw and not fam.v6 and len(data) >= 28 and not flags & _MSG_TRUNC:
+            # The common case, without building a parse result: an echo reply on the raw
+            # IPv4 socket (no IP options), checked exactly as parse_ipv4_packet would.
+            vihl, proto, icmp_type, ident, seq = _V4_ICMP.unpack_from(data)
+            if vihl == 0x45 and proto == IPPROTO_ICMP and icmp_type == ICMP_ECHO_REPLY:
+                if not checksum_ok(data[20:]):
+                    self._count("malformed")
+                elif ident != self._ident:
+                    self._count("foreign_id")
+                elif not data.startswith(self._cookie, 28):
+                    self._count("foreign_cookie")
+                else:
+                    self._on_reply(src, seq, rx_ns)
+                return
         if fam.v6:
             parsed = parse_icmp6(data)
             if "%" in src:
@@ -717,13 +919,12 @@ class IcmpEngine:
 
     def _on_reply(self, src: str, seq: int, rx_ns: int) -> None:
         dest = self._dests.get(src)
-        entry = dest.table.get(seq) if dest is not None else None
-        if entry is None:
+        r = dest.table.get(seq) if dest is not None else None
+        if r is None:
             self._count("unmatched")
             return
-        r, i = entry
-        state = r.state[i]
-        if state != _PENDING:
+        i = r.seqs.index(seq, 0, r.sent)
+        if r.rtt_ns[i] != _PENDING:
             # A second answer to the same echo (an error followed by a reply counts too).
             r.tally.duplicate += 1
             if not r.finished:
@@ -731,33 +932,36 @@ class IcmpEngine:
             return
         rtt = rx_ns - r.sent_ns[i] if rx_ns else -1
         if rtt < 0:  # no kernel stamp, or the wall clock stepped back: time it ourselves
-            rtt = time.monotonic_ns() - r.sent_mono[i]
+            rtt = max(0, time.monotonic_ns() - (r.sent_ns[i] + r.mono_offset))
             self.clock_fallbacks += 1
         if rtt <= r.timeout_ns and not r.finished:
-            r.state[i] = _OK
             r.rtt_ns[i] = rtt
         else:
-            r.state[i] = _LATE
+            r.rtt_ns[i] = _LATE
             r.tally.late += 1
         if not r.finished:
             r.pending -= 1
+            self._pending -= 1
             if not r.pending and r.all_sent:
                 r.wake()
 
     def _on_error(self, dst: str, seq: int, reason: str) -> None:
         dest = self._dests.get(dst)
-        entry = dest.table.get(seq) if dest is not None else None
-        if entry is None:
+        r = dest.table.get(seq) if dest is not None else None
+        if r is None:
             self._count("unmatched")
             return
-        r, i = entry
+        i = r.seqs.index(seq, 0, r.sent)
         r.tally.errors[reason] += 1
-        if r.state[i] != _PENDING:
+        if r.rtt_ns[i] != _PENDING:
             return
-        r.state[i] = _ERROR
+        r.rtt_ns[i] = _ERROR
+        if r.reasons is None:
+            r.reasons = {}
         r.reasons[i] = reason
         if not r.finished:
             r.pending -= 1
+            self._pending -= 1
             if not r.pending and r.all_sent:
                 r.wake()
 
@@ -770,6 +974,17 @@ class IcmpProbe:
     def __init__(self, engine: IcmpEngine) -> None:
         self._engine = engine
 
-    async def run_round(self, address: str, settings: RoundSettings, tally: Tally) -> RoundResult:
-        """Run one echo round against ``address`` (an IP literal)."""
-        return await self._engine.ping_round(address, settings, tally)
+    @property
+    def engine(self) -> IcmpEngine:
+        """The shared engine (the scheduler aligns its grid with the rounds' grid)."""
+        return self._engine
+
+    def run_round(
+        self, address: str, settings: RoundSettings, tally: Tally
+    ) -> Coroutine[Any, Any, RoundResult]:
+        """Run one echo round against ``address`` (an IP literal).
+
+        Hands back the engine's coroutine itself rather than awaiting it in one of its own:
+        a frame less to resume at each wake-up of each round.
+        """
+        return self._engine.ping_round(address, settings, tally)
