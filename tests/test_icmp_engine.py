@@ -320,7 +320,7 @@ async def test_kernel_timestamp_survives_a_blocked_loop() -> None:
 async def test_round_end_drains_the_socket_itself() -> None:
     """Even if the reader callback never runs, the round collects stamped replies at its end."""
     settings = RoundSettings(count=3, spacing=0.01, timeout=0.05)
-    async with IcmpEngine() as engine:
+    async with IcmpEngine(tick=0.0) as engine:  # no ticks: replies are read when readable
         fam = engine._families[socket.AF_INET]
         loop = asyncio.get_running_loop()
         loop.remove_reader(fam.fd)
@@ -329,6 +329,64 @@ async def test_round_end_drains_the_socket_itself() -> None:
         finally:
             loop.add_reader(fam.fd, engine._drain, fam)
     assert outcomes(result) == ["ok"] * 3
+
+
+async def test_sockets_are_read_on_ticks_while_rounds_run() -> None:
+    """During rounds the loop is not woken per reply; idle, the socket is read when readable."""
+    settings = RoundSettings(count=3, spacing=0.1, timeout=0.5)
+    async with IcmpEngine(tick=0.05) as engine:
+        fam = engine._families[socket.AF_INET]
+        assert fam.reading
+        task = asyncio.create_task(engine.ping_round("127.0.0.1", settings, Tally()))
+        await wait_until(lambda: engine.tracked == 1, "the first echo to go out")
+        assert not fam.reading
+        started = time.monotonic()
+        result = await task
+        elapsed = time.monotonic() - started
+        assert fam.reading  # late replies and strangers' packets are still read promptly
+    assert outcomes(result) == ["ok"] * 3
+    assert all(rtt < 0.05 for rtt in rtts(result))
+    # two more sends 0.1 s apart, then the answer is read on the tick after the last one
+    assert 0.19 < elapsed < 0.2 + 0.05 + 0.05
+
+
+async def test_an_answer_in_time_is_never_lost_to_a_late_tick() -> None:
+    """The tick (0.5 s) comes long after the timeout (50 ms): the kernel stamps decide."""
+    settings = RoundSettings(count=2, spacing=0.0, timeout=0.05)
+    async with IcmpEngine(tick=0.5) as engine:
+        result = await engine.ping_round("127.0.0.1", settings, Tally())
+    assert outcomes(result) == ["ok"] * 2
+    assert all(0 < rtt < 0.05 for rtt in rtts(result))
+
+
+async def test_without_a_grid_every_reply_wakes_the_loop() -> None:
+    async with IcmpEngine(tick=0.0) as engine:
+        fam = engine._families[socket.AF_INET]
+        started = time.monotonic()
+        result = await engine.ping_round("127.0.0.1", RoundSettings(3, 0.02, 1.0), Tally())
+        elapsed = time.monotonic() - started
+        assert fam.reading
+    assert outcomes(result) == ["ok"] * 3
+    assert elapsed < 0.04 + 0.02  # done at the last answer, not on a tick
+
+
+async def test_grid_can_change_between_rounds() -> None:
+    async with IcmpEngine(tick=0.05) as engine:
+        assert outcomes(await engine.ping_round("127.0.0.1", FAST, Tally())) == ["ok"] * 5
+        engine.tick = 0.0
+        assert outcomes(await engine.ping_round("127.0.0.1", FAST, Tally())) == ["ok"] * 5
+        engine.tick = 0.1
+        assert outcomes(await engine.ping_round("127.0.0.1", FAST, Tally())) == ["ok"] * 5
+        with pytest.raises(ValueError, match="tick"):
+            engine.tick = 2.0
+
+
+async def test_sequence_numbers_go_on_from_round_to_round() -> None:
+    """A destination keeps its counter, so a very late reply cannot pass for a new echo."""
+    async with IcmpEngine(retention=0.0) as engine:
+        first = await engine.ping_round("127.0.0.1", RoundSettings(2, 0.0, 1.0), Tally())
+        second = await engine.ping_round("127.0.0.1", RoundSettings(2, 0.0, 1.0), Tally())
+    assert [e.seq for e in first.echoes + second.echoes] == [0, 1, 2, 3]
 
 
 async def test_cancelled_round_leaves_no_outstanding_entries() -> None:
