@@ -163,6 +163,10 @@ def main() -> None:
             f"{r['wakeups_per_s']} wake-ups/s"
         )
     print(f"CPU per echo, vcmon / fping: {ratio:.2f}x")
+    if f["wakeups_per_s"] > 3 * f["echoes"] / args.duration:
+        # A raw ICMP socket sees every echo reply on the host: fping woke for someone else's.
+        print("warning: fping woke far more often than it sent; other ICMP traffic on this "
+              "host (another benchmark?) inflated its figure: run again")  # fmt: skip
     print(
         f"one /metrics scrape: {v['scrape_cpu_s']} CPU s; scraped every 15 s, vcmon would use "
         f"{v['cpu_s_per_1000_scraped_15s']} CPU s/1000 echoes"
