@@ -119,7 +119,7 @@ def test_ipv4_header_length(data: bytes, expected: int | None) -> None:
 
 
 def test_ipv4_header_checksum_is_valid() -> None:
-    header = build_ipv4_header("10.0.0.1", "127.0.0.9", 64, ttl=3)
+    header = build_ipv4_header("127.0.0.8", "127.0.0.9", 64, ttl=3)
     assert checksum_ok(header)
     assert header[8] == 3
     assert struct.unpack_from("!H", header, 2)[0] == 84
@@ -155,7 +155,7 @@ PARSE_IPV4_CASES = [
     ("bad checksum", _bad_checksum(_ip4(build_echo_reply(1, 2, b"abc"))), None),
     ("icmp header cut short", _ip4(build_echo_reply(1, 2, b""))[:26], None),
     ("ip header only", build_ipv4_header("127.0.0.9", "127.0.0.1", 0), None),
-    ("not icmp", build_ipv4_header("1.1.1.1", "127.0.0.1", 8)[:9] + b"\x11" + bytes(18), None),
+    ("not icmp", build_ipv4_header("127.1.1.1", "127.0.0.1", 8)[:9] + b"\x11" + bytes(18), None),
     ("garbage", b"\xde\xad\xbe\xef" * 3, None),
     ("empty", b"", None),
     ("echo request", _ip4(build_echo_request(1, 2, b"")), Other(8, 0)),
@@ -166,8 +166,8 @@ PARSE_IPV4_CASES = [
     ),
     (
         "net unreachable, only 8 bytes of the original quoted (RFC 792)",
-        _ip4(build_error(3, 0, _original4("10.9.8.7", 0x0001, 2))),
-        ErrorReport("net-unreachable", "10.9.8.7", 1, 2),
+        _ip4(build_error(3, 0, _original4("198.18.9.7", 0x0001, 2))),
+        ErrorReport("net-unreachable", "198.18.9.7", 1, 2),
     ),
     (
         "admin prohibited",
