@@ -620,7 +620,8 @@ class IcmpEngine:
                 return RoundResult((), failure=str(exc))
             if len(self._targets) >= 65536:  # addresses come and go with DNS; stay bounded
                 self._targets.clear()
-            self._targets[address] = target
+            if "%" not in address:  # an interface's index may change: look it up each time
+                self._targets[address] = target
         family, key, sockaddr = target
         fam = self._families.get(family)
         if fam is None:
