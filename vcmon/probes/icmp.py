@@ -659,6 +659,9 @@ class IcmpEngine:
             fam.active -= 1
             self._rounds.discard(r)
             if not r.finished:  # cancelled or failed: nothing of it stays outstanding
+                if not fam.reading and not self._closed:
+                    # Answers already queued are its, not strangers' ("unmatched") packets.
+                    self._drain(fam)
                 self._finish(r)  # its queued sends are skipped
                 self._forget(r)
             if not fam.active and not self._closed:
