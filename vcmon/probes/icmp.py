@@ -16,17 +16,17 @@ Why it is built this way (DESIGN.md §2, "Measuring honestly"):
   engine-wide timer sends every due echo from a heap of absolute send times and ends rounds
   from a heap of deadlines (no task wakeup or timer per echo or per round); a round awaits
   one future, completed by its last answer or by its deadline.
-- The engine works on a grid of ``tick`` seconds on the loop clock (DEFAULT_TICK). Since both
-  timestamps come from the kernel's clock, *when* the loop reads a reply changes nothing, and a
-  few ms of send-time quantisation changes no measurement. So while echoes are outstanding
-  the sockets are drained once per tick instead of waking the loop for every reply; sends
-  (with a spacing of at least one tick), round deadlines and, through the scheduler, round
-  starts fall on the same grid points, and asyncio runs every timer due at one point in one
-  loop iteration. Wake-ups per second are then about ticks per second, however many
-  endpoints there are: at low rates an event-loop wake-up, not per-packet work, is what an
-  echo costs. A round ends at most one tick after its last answer. With ``tick=0`` (or while
-  no round runs, so late replies and strangers' packets are still read promptly) the
-  sockets are read whenever they become readable.
+- The engine works on a grid of ``tick`` seconds on the loop clock (DEFAULT_TICK on its own;
+  the scheduler sets the grid it starts rounds on). Since both timestamps come from the
+  kernel's clock, *when* the loop reads a reply changes nothing, and neither does when on the
+  grid an echo leaves. So while echoes are outstanding a socket is drained once per tick
+  instead of waking the loop for every reply; sends (when the spacing is a whole number of
+  ticks), round deadlines and round starts fall on the same grid points, and asyncio runs
+  every timer due at one point in one loop iteration. Wake-ups per second are then about
+  ticks per second, however many endpoints there are: at low rates a wake-up, not per-packet
+  work, is what an echo costs. A round ends at most one tick after its last answer or its
+  deadline. With ``tick=0``, or for a socket no round is using (so late replies and
+  strangers' packets are still read promptly), a socket is read whenever it is readable.
 """
 
 from __future__ import annotations
