@@ -64,6 +64,14 @@ def _root_missing() -> str | None:
     return None
 
 
+@pytest.fixture(autouse=True)
+def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and every daemon it starts) keeps its alert state in its own directory,
+    never in the user's ~/.local/state, so no test sees another's alerts."""
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
 @pytest.fixture
 def require_root() -> None:
     """Skip unless root; when ``CI`` is set, fail instead, so CI never silently skips."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vcmon.alerts.policy import AlertsConfig, DistrictRule, QualityPolicy, QualityRule
 from vcmon.config import (
     Config,
     EndpointSpec,
@@ -175,6 +176,11 @@ def test_reference_sets_every_option() -> None:
     assert set(raw["defaults"]) == set(Timing.model_fields)
     assert set(raw["icmp"]) == set(IcmpSettings.model_fields)
     assert set(raw["endpoints"][0]) == set(EndpointSpec.model_fields)
+    assert set(raw["alerts"]) == set(AlertsConfig.model_fields)
+    assert set(raw["alerts"]["quality"]) == set(QualityPolicy.model_fields)
+    for rule in raw["alerts"]["quality"].values():
+        assert set(rule) == set(QualityRule.model_fields)
+    assert set(raw["alerts"]["districts"]) == set(DistrictRule.model_fields)
 
 
 def test_reference_states_the_defaults() -> None:
@@ -182,3 +188,7 @@ def test_reference_states_the_defaults() -> None:
     assert Timing(**raw["defaults"]) == Timing()
     assert IcmpSettings(**raw["icmp"]) == IcmpSettings()
     assert (raw["listen"], raw["resolve_interval"]) == ("127.0.0.1:9231", 300.0)
+    alerts = AlertsConfig(**raw["alerts"])
+    default = AlertsConfig()
+    for name in ("locale", "timezone", "state_file", "health", "quality", "districts"):
+        assert getattr(alerts, name) == getattr(default, name), name

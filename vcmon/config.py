@@ -33,6 +33,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from vcmon.alerts.policy import AlertsConfig, Override
+
 Loc: TypeAlias = tuple[str | int, ...]
 
 MAX_PROBLEMS: Final = 20
@@ -370,6 +372,7 @@ class _EndpointFields(_Frozen):
         default_factory=dict
     )
     probe: Annotated[str, AfterValidator(_check_probe)] = "icmp"
+    alerts: Override | None = None  # this endpoint's own health and quality thresholds
 
 
 class EndpointSpec(_EndpointFields):
@@ -403,6 +406,7 @@ class _Settings(_Frozen):
     defaults: Annotated[Timing, BeforeValidator(_none_as_empty_mapping)] = Timing()
     icmp: Annotated[IcmpSettings, BeforeValidator(_none_as_empty_mapping)] = IcmpSettings()
     resolve_interval: Seconds = 300.0
+    alerts: Annotated[AlertsConfig, BeforeValidator(_none_as_empty_mapping)] = AlertsConfig()
 
 
 class _ConfigFile(_Settings):
@@ -1026,6 +1030,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
             ep = _resolve(entry, settings.defaults, problems) if entry.spec else None
             if ep is not None:
                 endpoints.append(ep)
+        problems.extend(_policy_problems(main, settings.alerts, entries))
     if problems:
         order = {name: i for i, name in reversed(list(enumerate(files)))}
         problems.sort(key=lambda p: (order.get(p.file, 0), p.line or 0, p.column or 0))
@@ -1036,6 +1041,32 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         endpoints=tuple(endpoints),
         **{name: getattr(settings, name) for name in _Settings.model_fields},
     )
+
+
+def _policy_problems(main: _Source, alerts: AlertsConfig, entries: list[_Entry]) -> list[Problem]:
+    """Overrides that are valid alone but not with what they inherit (warning above critical)."""
+    out: list[Problem] = []
+
+    def check(source: _Source, loc: Loc, level: str, override: Override | None) -> bool:
+        try:
+            alerts.policy_for(level, override)
+        except ValidationError as exc:
+            for path, message in field_messages(exc, type(alerts.base_policy())):
+                where = f"{path}: " if path else ""
+                out.append(source.problem(loc, f"{where}{message} (with the values it inherits)"))
+            return False
+        return True
+
+    bad_levels = {
+        level
+        for level, override in alerts.levels.items()
+        if not check(main, ("alerts", "levels", level), level, None)
+    }
+    for entry in entries:
+        spec = entry.spec
+        if spec is not None and spec.alerts is not None and spec.level.value not in bad_levels:
+            check(entry.source, (*entry.loc, "alerts"), spec.level.value, spec.alerts)
+    return out
 
 
 def _raw_id(entry: _Entry) -> object:

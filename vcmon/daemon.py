@@ -10,10 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from vcmon import __version__
+from vcmon.alerts.runtime import AlertRuntime
 from vcmon.api import Api, serve
 from vcmon.config import Config, ConfigError, load_config
 from vcmon.logs import event
-from vcmon.metrics import build_registry
+from vcmon.metrics import AlertCollector, build_registry
 from vcmon.probes.base import Probe
 from vcmon.probes.icmp import IcmpEngine
 from vcmon.probes.registry import build_probes
@@ -37,6 +38,7 @@ class Daemon:
         self.self_metrics.config_reload_ok.set(1)
         self.self_metrics.config_reload_time.set(time.time())
         self.resolver = Resolver(ttl=config.resolve_interval)
+        self.alerts: AlertRuntime | None = None
         self.started = asyncio.Event()  # set once probing and serving have begun
         # One wake-up for both requests, so the supervisor waits on a single thing.
         self._wake = asyncio.Event()
@@ -63,6 +65,8 @@ class Daemon:
                              (signal.SIGHUP, self.reload)):  # fmt: skip
             loop.add_signal_handler(sig, handler)
         cfg = self.config
+        self.alerts = AlertRuntime.open(cfg)
+        self.registry.register(AlertCollector(self.alerts.firing_by_severity))
         try:
             engine = IcmpEngine(
                 mode=cfg.icmp.socket, max_rate=cfg.icmp.max_rate, payload_size=cfg.icmp.payload_size
@@ -77,7 +81,8 @@ class Daemon:
                     "config": str(cfg.source),
                     "icmp_mode": engine.mode,
                 }
-                server = await serve(Api(self.results, self.registry, info), cfg.listen)
+                api = Api(self.results, self.registry, info, alerts=self.alerts)
+                server = await serve(api, cfg.listen)
                 try:
                     event(log, logging.INFO, "started", version=__version__, listen=cfg.listen,
                           endpoints=len(self.results), icmp_mode=engine.mode)  # fmt: skip
@@ -88,20 +93,28 @@ class Daemon:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            self.alerts.close()
         event(log, logging.INFO, "stopped")
 
     async def _supervise(self, probes: Mapping[str, Probe]) -> None:
+        alerts = self.alerts
+        assert alerts is not None
+
         def start() -> asyncio.Task[None]:
-            scheduler = Scheduler(self.results, probes, self.resolver, self.self_metrics)
+            scheduler = Scheduler(
+                self.results, probes, self.resolver, self.self_metrics, on_round=alerts.on_round
+            )
             return tg.create_task(scheduler.run(), name="scheduler")
 
         async with asyncio.TaskGroup() as tg:
+            ticker = tg.create_task(alerts.run(), name="alerts")
             task = start()
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 if self._stopping:
                     task.cancel()
+                    ticker.cancel()
                     return
                 if self._reload_wanted:
                     self._reload_wanted = False
@@ -125,6 +138,8 @@ class Daemon:
                   unchanged_until_restart=",".join(restart_needed))  # fmt: skip
         self.config = new
         self.results.replace(new.endpoints)
+        if self.alerts is not None:
+            self.alerts.reload(new)
         self.resolver = Resolver(ttl=new.resolve_interval)
         self.self_metrics.config_reload_ok.set(1)
         self.self_metrics.config_reload_time.set(time.time())

@@ -152,6 +152,29 @@ class EndpointCollector(Collector):
                     rounds, failed, state, last_round, info, ignored)  # fmt: skip
 
 
+class AlertCollector(Collector):
+    """``vcmon_alerts_firing{severity}``: open alerts, read from the engine at scrape time."""
+
+    SEVERITIES = ("critical", "warning")
+
+    def __init__(self, firing: Callable[[], Mapping[str, int]]) -> None:
+        self._firing = firing
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._firing()
+        gauge = GaugeMetricFamily(
+            "vcmon_alerts_firing",
+            "Open alerts by severity (silenced and in-maintenance ones included)",
+            labels=("severity",),
+        )
+        for severity in self.SEVERITIES:
+            gauge.add_metric((severity,), counts.get(severity, 0))
+        yield gauge
+
+
 class SelfMetrics:
     """The daemon's own health series."""
 

@@ -19,7 +19,7 @@ import logging
 import math
 import zlib
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from vcmon.clock import Clock, SystemClock
@@ -31,7 +31,7 @@ from vcmon.probes.base import Probe, RoundResult, RoundSettings
 from vcmon.probes.icmp import IcmpProbe, grid_up
 from vcmon.resolve import ResolveError, Resolver, ip_literal
 from vcmon.results import EndpointRecord, Results
-from vcmon.stats import observe
+from vcmon.stats import Observation, observe
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,14 @@ class Scheduler:
         self_metrics: SelfMetrics | None = None,
         clock: Clock | None = None,
         tick: float | None = None,
+        on_round: Callable[[EndpointRecord, Observation], None] | None = None,
     ) -> None:
         self._results = results
         self._probes = probes
         self._resolver = resolver
         self._metrics = self_metrics
         self._clock = clock or SystemClock()
+        self._on_round = on_round  # the alert engine: decides the state the record shows
         # The grid; None: auto_tick() of the inventory when run() starts. 0: exact phases.
         self.tick = tick
         self._settings: dict[str, tuple[object, RoundSettings]] = {}
@@ -212,6 +214,8 @@ class Scheduler:
         obs = observe(result, started)
         previous = rec.state
         rec.record(obs)
+        if self._on_round is not None:
+            self._on_round(rec, obs)
         self.rounds_done += 1
         # Startup into "up" is no news; everything else is.
         if rec.state != previous and not (previous is None and rec.state is State.UP):

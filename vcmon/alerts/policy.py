@@ -263,7 +263,7 @@ class Matchers(_Frozen):
 
 
 DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_HHMM: Final = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+_HHMM: Final = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)(?::00)?$")
 
 
 def _hhmm(value: object) -> object:

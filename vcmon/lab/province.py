@@ -272,6 +272,8 @@ def lab_config(
             doc["labels"] = dict(ep.labels)
         if ep.probe != "icmp":
             doc["probe"] = ep.probe
+        if ep.alerts is not None:
+            doc["alerts"] = ep.alerts.model_dump(mode="json", by_alias=True, exclude_unset=True)
         for key in ("interval", "count", "spacing", "timeout"):
             value = getattr(ep.timing, key)
             if value != getattr(defaults, key):
@@ -282,6 +284,7 @@ def lab_config(
         "listen": listen,
         "defaults": defaults.model_dump(),
         "icmp": config.icmp.model_dump(),
+        "alerts": config.alerts.model_dump(mode="json", by_alias=True, exclude_unset=True),
         "endpoints": endpoints,
     }
     header = (
