@@ -200,7 +200,7 @@ CORPUS: list[tuple[str, str]] = [
         "unknown-key-no-hint.yaml",
         "{d}/unknown-key-no-hint.yaml:7:5: endpoints[0].colour: unknown key 'colour' "
         "(expected one of: id, name, address, district, level, parent, site, labels, probe, "
-        "interval, count, spacing, timeout)",
+        "alerts, interval, count, spacing, timeout)",
     ),
     (
         "unknown-parent.yaml",
@@ -229,6 +229,39 @@ CORPUS: list[tuple[str, str]] = [
     (
         "yes-as-count.yaml",
         "{d}/yes-as-count.yaml:1:19: defaults.count: expected a number, got yes",
+    ),
+    (
+        "alerts-bad-health.yaml",
+        "{d}/alerts-bad-health.yaml:2:24: alerts.health.down_after: expected a number of "
+        "rounds from 1 to 1000, got 0\n{d}/alerts-bad-health.yaml:2:27: "
+        "alerts.health.up_afterr: unknown key 'up_afterr' (did you mean 'up_after'?)",
+    ),
+    (
+        "alerts-bad-timezone.yaml",
+        "{d}/alerts-bad-timezone.yaml:2:13: alerts.timezone: unknown time zone "
+        "'Asia/Hanoi_City' (expected e.g. Asia/Ho_Chi_Minh)",
+    ),
+    (
+        "alerts-bad-window.yaml",
+        "{d}/alerts-bad-window.yaml:6:35: alerts.maintenance[0].weekly[0].start: "
+        "expected a time of day as HH:MM, got '25:00'",
+    ),
+    (
+        "alerts-level-override-conflict.yaml",
+        "{d}/alerts-level-override-conflict.yaml:4:7: alerts.levels.commune: mos: "
+        "warning.raise (3) must not be below critical.raise (3.1) (with the values it "
+        "inherits)",
+    ),
+    (
+        "alerts-warning-above-critical.yaml",
+        "{d}/alerts-warning-above-critical.yaml:3:5: alerts.quality: rtt_ms: "
+        "warning.raise (400) must not be above critical.raise (300)",
+    ),
+    (
+        "alerts-window-matches-all.yaml",
+        "{d}/alerts-window-matches-all.yaml:3:7: alerts.maintenance[0]: match: expected "
+        "at least one of endpoint, district, level or labels (a window over everything "
+        "would silence the whole network)",
     ),
 ]
 

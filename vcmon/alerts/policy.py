@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    field_validator,
     model_validator,
 )
 
@@ -360,6 +361,13 @@ class AlertsConfig(_Frozen):
     districts: DistrictRule = DistrictRule()
     maintenance: tuple[MaintenanceWindow, ...] = ()
     templates: Mapping[Locale, Mapping[str, Template]] = Field(default_factory=dict)
+
+    @field_validator("health", "quality")
+    @classmethod
+    def _inherit_defaults(cls, value: BaseModel) -> BaseModel:
+        # `quality: {rtt_ms: {warning: …}}` changes the warning only, as a level or endpoint
+        # override does; otherwise it would drop the critical level it did not mention.
+        return overlay(type(value)(), value)
 
     def base_policy(self) -> Policy:
         """The global policy, before level and endpoint overrides."""
