@@ -36,7 +36,7 @@ def res(kind: str, target: str) -> tuple[str, str, str]:
 class Case:
     name: str
     endpoints: list[Any]
-    story: Callable[[Harness], None]
+    story: Callable[[Harness], object]
     events: list[tuple[str, str, str]]
     config: dict[str, Any] | None = None
     states: dict[str, State] | None = None
@@ -46,7 +46,7 @@ def rounds(n: int, **results: bool) -> Callable[[Harness], None]:
     return lambda h: h.rounds(n, results)
 
 
-def seq(*steps: Callable[[Harness], None]) -> Callable[[Harness], None]:
+def seq(*steps: Callable[[Harness], object]) -> Callable[[Harness], None]:
     def run(h: Harness) -> None:
         for s in steps:
             s(h)

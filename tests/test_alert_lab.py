@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 import pytest
-from vcmon.alerts.store import Store
 
 from vcmon.alerts.runtime import state_path
+from vcmon.alerts.store import Store
 
 from .conftest import ProvinceLab, ProvinceLabFactory
 
@@ -134,7 +134,7 @@ async def healthy(daemon: Daemon, env: ProvinceLab, within: float = 20) -> None:
     def all_up() -> float | None:
         eps = status(env)
         if eps and all(e["state"] == "up" and e["last"] for e in eps):
-            return max(e["last"]["started_at"] for e in eps)
+            return float(max(e["last"]["started_at"] for e in eps))
         return None
 
     since = await until(all_up, within, "every endpoint up", daemon)

@@ -263,6 +263,13 @@ CORPUS: list[tuple[str, str]] = [
         "at least one of endpoint, district, level or labels (a window over everything "
         "would silence the whole network)",
     ),
+    (
+        "alerts-unknown-placeholder.yaml",
+        "{d}/alerts-unknown-placeholder.yaml:3:5: alerts.templates: vi.endpoint_down.summary: "
+        "unknown placeholder {lau} (expected one of: address, affected_count, children, "
+        "district, duration, flap_pct, id, jitter_ms, kind, level, loss_pct, mos, name, place, "
+        "rtt_ms, settled, severity, started_local, threshold, total, value)",
+    ),
 ]
 
 

@@ -1057,6 +1057,14 @@ def _policy_problems(main: _Source, alerts: AlertsConfig, entries: list[_Entry])
             return False
         return True
 
+    from vcmon.alerts.messages import Messages, TemplateError  # imports config: not at the top
+
+    try:
+        Messages(alerts.locale, alerts.templates, alerts.timezone)
+    except TemplateError as exc:
+        out.append(
+            main.problem(("alerts", "templates"), str(exc).removeprefix("alerts.templates."))
+        )
     bad_levels = {
         level
         for level, override in alerts.levels.items()

@@ -81,7 +81,7 @@ class Daemon:
                     "config": str(cfg.source),
                     "icmp_mode": engine.mode,
                 }
-                api = Api(self.results, self.registry, info, alerts=self.alerts)
+                api = Api(self.results, self.registry, info)
                 server = await serve(api, cfg.listen)
                 try:
                     event(log, logging.INFO, "started", version=__version__, listen=cfg.listen,

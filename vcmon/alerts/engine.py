@@ -463,7 +463,10 @@ class AlertEngine:
         down = [n.endpoint.id for n in failing if n.reach_state is State.DOWN and not n.children]
         if current is None:
             active = (
-                rule.enabled and total >= rule.min_endpoints and share >= rule.down_pct and down
+                rule.enabled
+                and total >= rule.min_endpoints
+                and share >= rule.down_pct
+                and bool(down)
             )
         else:
             active = rule.enabled and share >= rule.clear_pct and bool(down)
