@@ -23,6 +23,7 @@ import pytest
 
 from vcmon.alerts.runtime import state_path
 from vcmon.alerts.store import Store
+from vcmon.lab.profiles import Profile
 
 from .conftest import ProvinceLab, ProvinceLabFactory
 
@@ -49,6 +50,11 @@ endpoints:
       district: Vân Đồn, level: commune, parent: van-don}}
 """
 CO_TO_CHILDREN = ("co-to-co-to", "co-to-dong-tien", "co-to-thanh-lan")
+# Clean links: these tests are about reachability; quality alerts have their own tests.
+CLEAN = {
+    eid: Profile(delay=0.004, jitter=0.0002)
+    for eid in ("tinh", "co-to", *CO_TO_CHILDREN, "van-don", "van-don-quan-lan")
+}
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -151,7 +157,7 @@ async def healthy(daemon: Daemon, env: ProvinceLab, within: float = 20) -> None:
 async def test_district_uplink_down_is_one_roll_up_and_one_resolve(
     province_lab: ProvinceLabFactory,
 ) -> None:
-    env = province_lab(INVENTORY, seed=7)
+    env = province_lab(INVENTORY, profiles=CLEAN, seed=7)
     async with running(env) as daemon:
         await healthy(daemon, env)
         failed_at = time.time()
@@ -180,7 +186,7 @@ async def test_district_uplink_down_is_one_roll_up_and_one_resolve(
 
 
 async def test_flapping_link_is_one_flapping_alert(province_lab: ProvinceLabFactory) -> None:
-    env = province_lab(INVENTORY, seed=8)
+    env = province_lab(INVENTORY, profiles=CLEAN, seed=8)
     async with running(env) as daemon:
         await healthy(daemon, env)
         # Down 2 s, up 2 s with 1 s rounds: half the results change.
@@ -197,7 +203,7 @@ async def test_flapping_link_is_one_flapping_alert(province_lab: ProvinceLabFact
 async def test_sigkill_mid_outage_neither_loses_nor_repeats(
     province_lab: ProvinceLabFactory, tmp_path: Path
 ) -> None:
-    env = province_lab(INVENTORY, seed=9)
+    env = province_lab(INVENTORY, profiles=CLEAN, seed=9)
     async with running(env) as daemon:
         await healthy(daemon, env)
         play = asyncio.create_task(env.play("steps:\n  - {at: 0, uplink: co-to, for: 14}\n"))

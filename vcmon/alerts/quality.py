@@ -109,9 +109,11 @@ def values(
 
 
 def observe(quality: Quality, obs: Observation, policy: QualityPolicy) -> Quality:
-    """Fold a round into every figure; a round with no answer changes nothing."""
+    """Fold a round into every figure; a round with no answer only empties the loss pool."""
     if not obs.up:
-        return quality
+        # A silent round is an outage's, and the rounds around it are partly silent too:
+        # after it, loss is pooled afresh rather than reporting the outage's edges as loss.
+        return Quality(quality.tracks) if quality.pool else quality
     window = policy.loss_pct.window
     pool = (*quality.pool, (obs.sent, obs.received))[-window:]
     figures = values(obs, pool, window)
