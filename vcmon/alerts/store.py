@@ -31,7 +31,7 @@ from vcmon.alerts.model import (
 )
 from vcmon.alerts.policy import Matchers
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _SCHEMA: Final = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -60,6 +60,18 @@ CREATE TABLE silences (
     id TEXT PRIMARY KEY,
     ends_at REAL NOT NULL,
     body TEXT NOT NULL
+);
+"""
+
+# Schema 2: per-sink delivery state.
+_OUTBOX: Final = """
+CREATE TABLE IF NOT EXISTS sink_cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    sink TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (sink, seq)
 );
 """
 
@@ -207,8 +219,15 @@ class Store:
             if version == 0:
                 epoch = secrets.token_hex(4)
                 db.executescript(
-                    "BEGIN IMMEDIATE;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};"
+                    "BEGIN IMMEDIATE;"
+                    + _SCHEMA
+                    + _OUTBOX
+                    + f"PRAGMA user_version={SCHEMA_VERSION};"
                     f"INSERT INTO meta VALUES ('epoch', '{epoch}'); COMMIT;"
+                )
+            elif version < SCHEMA_VERSION:
+                db.executescript(
+                    "BEGIN IMMEDIATE;" + _OUTBOX + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
                 )
             elif version > SCHEMA_VERSION:
                 raise StoreError(
@@ -297,6 +316,54 @@ class Store:
             "SELECT body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
         )
         return [json.loads(row[0]) for row in rows]
+
+    def last_seq(self) -> int:
+        """Seq of the newest event (0 when there is none)."""
+        return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+    def cursor(self, sink: str) -> int | None:
+        """Seq of the last event ``sink`` is done with, or None for a sink never seen."""
+        row = self._db.execute("SELECT seq FROM sink_cursors WHERE sink = ?", (sink,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def advance(self, sink: str, seq: int, dead_letter: str | None = None, at: float = 0.0) -> None:
+        """Mark ``sink`` done up to ``seq``; with ``dead_letter``, record why it gave up on it."""
+        with _transaction(self._db):
+            self._db.execute("INSERT OR REPLACE INTO sink_cursors VALUES (?, ?)", (sink, seq))
+            if dead_letter is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?)",
+                    (sink, seq, dead_letter, at),
+                )
+
+    def dead_letters(self, sink: str | None = None) -> list[tuple[str, int, str, float]]:
+        """(sink, seq, reason, at) of events a sink gave up on, oldest first."""
+        sql = "SELECT sink, seq, reason, at FROM dead_letters"
+        args: tuple[str, ...] = ()
+        if sink is not None:
+            sql, args = sql + " WHERE sink = ?", (sink,)
+        return [
+            (r[0], int(r[1]), r[2], float(r[3]))
+            for r in self._db.execute(sql + " ORDER BY seq", args)
+        ]
+
+    def take_dead_letters(self, sink: str) -> list[dict[str, Any]]:
+        """Remove ``sink``'s dead letters and return their events, for a retry."""
+        with _transaction(self._db):
+            rows = self._db.execute(
+                "SELECT e.body FROM dead_letters d JOIN events e ON e.seq = d.seq "
+                "WHERE d.sink = ? ORDER BY d.seq",
+                (sink,),
+            ).fetchall()
+            self._db.execute("DELETE FROM dead_letters WHERE sink = ?", (sink,))
+        return [json.loads(r[0]) for r in rows]
+
+    def entries(self, after_seq: int = 0, limit: int = 1000) -> list[tuple[float, dict[str, Any]]]:
+        """(when decided, event JSON) of events with seq > ``after_seq``, oldest first."""
+        rows = self._db.execute(
+            "SELECT at, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+        )
+        return [(float(row[0]), json.loads(row[1])) for row in rows]
 
     def alerts(self, *, include_ended: bool = False, limit: int = 1000) -> list[Alert]:
         """Open alerts, oldest first; with ``include_ended`` also ended ones, newest first."""
