@@ -66,13 +66,15 @@ class Daemon:
         self.env = env
         self.proc: asyncio.subprocess.Process | None = None
         self.state = state_path(env.config)
+        self.log = env.config_path.with_suffix(".log")  # its stderr: logs and console sink
 
     async def start(self) -> None:
         argv = [sys.executable, "-m", "vcmon", "run", "-c", str(self.env.config_path),
                 "--netns", self.env.lab.monitor]  # fmt: skip
-        self.proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
-        )
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=subprocess.DEVNULL, stderr=log, env=dict(os.environ)
+            )
 
     async def kill(self) -> None:
         assert self.proc is not None
@@ -183,6 +185,10 @@ async def test_district_uplink_down_is_one_roll_up_and_one_resolve(
     kinds = Counter((e["status"], e["kind"], e["endpoint"]["id"]) for e in events)
     assert kinds == {("firing", "group_down", "co-to"): 1, ("resolved", "group_down", "co-to"): 1}
     assert events[0]["alert_id"] == events[1]["alert_id"]
+    # With no sink configured, the console sink shows both on the terminal.
+    lines = [ln for ln in daemon.log.read_text().splitlines() if "group_down" in ln]
+    console = [ln for ln in lines if ln.split(" ", 2)[1:2] in (["FIRING"], ["RESOLVED"])]
+    assert [ln.split()[1] for ln in console] == ["FIRING", "RESOLVED"], lines
 
 
 async def test_flapping_link_is_one_flapping_alert(province_lab: ProvinceLabFactory) -> None:

@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from vcmon.alerts.policy import AlertsConfig, Override
+from vcmon.sinks.registry import SinkConfig
 
 Loc: TypeAlias = tuple[str | int, ...]
 
@@ -289,6 +290,15 @@ EndpointId = Annotated[str, AfterValidator(_check_id)]
 LabelName = Annotated[str, AfterValidator(_check_label_name)]
 
 
+def _unique_sink_names(sinks: tuple[Any, ...]) -> tuple[Any, ...]:
+    seen: set[str] = set()
+    for sink in sinks:
+        if sink.name in seen:
+            raise ValueError(f"two sinks are named {sink.name!r}; each needs its own name")
+        seen.add(sink.name)
+    return sinks
+
+
 # ---------------------------------------------------------------------------------------------
 # Models
 
@@ -407,6 +417,7 @@ class _Settings(_Frozen):
     icmp: Annotated[IcmpSettings, BeforeValidator(_none_as_empty_mapping)] = IcmpSettings()
     resolve_interval: Seconds = 300.0
     alerts: Annotated[AlertsConfig, BeforeValidator(_none_as_empty_mapping)] = AlertsConfig()
+    sinks: Annotated[tuple[SinkConfig, ...], AfterValidator(_unique_sink_names)] = ()
 
 
 class _ConfigFile(_Settings):
@@ -745,6 +756,15 @@ def _explain(err: ErrorDetails, model: type[BaseModel], loc: Loc, written: str |
         choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         hint = did_you_mean(str(value), choices) if isinstance(value, str) else ""
         return f"{got} is not one of {', '.join(choices)}{hint}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        from vcmon.sinks.registry import SINKS  # the only discriminated union in the config
+
+        choices = list(SINKS)
+        tag = ctx.get("tag")
+        if tag is None:
+            return f"required key 'type' is missing (expected one of: {', '.join(choices)})"
+        hint = did_you_mean(str(tag), choices) or f" (expected one of: {', '.join(choices)})"
+        return f"unknown type '{tag}'{hint}"
     return f"{err['msg']} (got {got})"
 
 

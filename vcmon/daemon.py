@@ -13,6 +13,7 @@ from vcmon import __version__
 from vcmon.alerts.runtime import AlertRuntime
 from vcmon.api import Api, serve
 from vcmon.config import Config, ConfigError, load_config
+from vcmon.delivery import Delivery
 from vcmon.logs import event
 from vcmon.metrics import AlertCollector, build_registry
 from vcmon.probes.base import Probe
@@ -39,6 +40,7 @@ class Daemon:
         self.self_metrics.config_reload_time.set(time.time())
         self.resolver = Resolver(ttl=config.resolve_interval)
         self.alerts: AlertRuntime | None = None
+        self.delivery: Delivery | None = None
         self.started = asyncio.Event()  # set once probing and serving have begun
         # One wake-up for both requests, so the supervisor waits on a single thing.
         self._wake = asyncio.Event()
@@ -67,6 +69,8 @@ class Daemon:
         cfg = self.config
         self.alerts = AlertRuntime.open(cfg)
         self.registry.register(AlertCollector(self.alerts.firing_by_severity))
+        self.delivery = Delivery(cfg, self.alerts.store, self.registry)
+        self.alerts.listeners.append(self.delivery.notify)
         try:
             engine = IcmpEngine(
                 mode=cfg.icmp.socket, max_rate=cfg.icmp.max_rate, payload_size=cfg.icmp.payload_size
@@ -107,14 +111,17 @@ class Daemon:
             return tg.create_task(scheduler.run(), name="scheduler")
 
         async with asyncio.TaskGroup() as tg:
-            ticker = tg.create_task(alerts.run(), name="alerts")
+            background = [tg.create_task(alerts.run(), name="alerts")]
+            for d in self.delivery.dispatchers if self.delivery else ():
+                background.append(tg.create_task(d.run(), name=f"sink:{d.sink.name}"))
             task = start()
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 if self._stopping:
                     task.cancel()
-                    ticker.cancel()
+                    for t in background:
+                        t.cancel()
                     return
                 if self._reload_wanted:
                     self._reload_wanted = False

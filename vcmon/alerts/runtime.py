@@ -11,7 +11,7 @@ import logging
 import os
 import secrets
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from vcmon.alerts.engine import AlertEngine
@@ -56,8 +56,9 @@ class AlertRuntime:
             snapshot=store.load(now),
             now=now,
         )
-        self.commit(self.engine.take_startup_changes())
         self.events_written = 0
+        self.listeners: list[Callable[[], None]] = []  # told after events are written
+        self.commit(self.engine.take_startup_changes())
 
     @classmethod
     def open(cls, config: Config, clock: Clock | None = None) -> AlertRuntime:
@@ -73,6 +74,9 @@ class AlertRuntime:
         if changes is None or changes.empty():
             return
         self.store.apply(changes)
+        if changes.events:
+            for listener in self.listeners:
+                listener()
         for ev in changes.events:
             self.events_written += 1
             event(

@@ -1,0 +1,108 @@
+"""Wires the configured sinks to the event log: a dispatcher per sink, its route, its metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import BaseModel
+
+from vcmon.alerts.model import Target, matches
+from vcmon.alerts.policy import Matchers
+from vcmon.alerts.store import Store
+from vcmon.config import Config
+from vcmon.outbox import Dispatcher, Route
+from vcmon.sinks.registry import build_sinks
+
+LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def route(matchers: Matchers, labels_of: Callable[[str], Mapping[str, str]]) -> Route:
+    """The events a sink with ``match: matchers`` wants (every event when it is empty)."""
+    if matchers.empty():
+        return lambda doc: True
+
+    def wanted(doc: Mapping[str, Any]) -> bool:
+        ep = doc.get("endpoint") or {}
+        target = Target(
+            str(ep.get("id", "")), str(ep.get("name", "")), str(ep.get("address", "")),
+            str(ep.get("district", "")), str(ep.get("level", "")),
+            labels_of(str(ep.get("id", ""))),
+        )  # fmt: skip
+        return matches(matchers, target, str(doc.get("kind")), str(doc.get("severity")))
+
+    return wanted
+
+
+class Delivery:
+    """The dispatchers of one daemon and the metrics about them."""
+
+    def __init__(self, config: Config, store: Store, registry: CollectorRegistry) -> None:
+        self.latency = Histogram(
+            "vcmon_notification_latency_seconds",
+            "From the decision to the receiver's acknowledgement",
+            ("sink",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        labels = {ep.id: dict(ep.labels) for ep in config.endpoints}
+        configs: Sequence[BaseModel] = config.sinks
+        sinks = build_sinks(configs, config.instance)
+        match_of = {getattr(c, "name", ""): getattr(c, "match", Matchers()) for c in configs}
+        self.dispatchers = [
+            Dispatcher(
+                sink,
+                store,
+                route=route(match_of.get(sink.name, Matchers()), lambda i: labels.get(i, {})),
+                on_latency=lambda name, seconds: self.latency.labels(name).observe(seconds),
+            )
+            for sink in sinks
+        ]
+        registry.register(DeliveryCollector(self.dispatchers))
+
+    def notify(self) -> None:
+        """New events are in the log."""
+        for d in self.dispatchers:
+            d.notify()
+
+
+class DeliveryCollector(Collector):
+    """Per-sink counters and gauges, read from the dispatchers at scrape time."""
+
+    def __init__(self, dispatchers: Sequence[Dispatcher]) -> None:
+        self._dispatchers = dispatchers
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        sent = CounterMetricFamily(
+            "vcmon_notifications", "Send attempts by result (sent, or why not)",
+            labels=("sink", "result"),
+        )  # fmt: skip
+        dead = CounterMetricFamily(
+            "vcmon_dead_letters", "Events a sink refused for good", labels=("sink",)
+        )
+        pending = GaugeMetricFamily(
+            "vcmon_outbox_pending", "Events written but not yet acknowledged", labels=("sink",)
+        )
+        connected = GaugeMetricFamily(
+            "vcmon_sink_connected", "1 while the last send succeeded", labels=("sink",)
+        )
+        disabled = GaugeMetricFamily(
+            "vcmon_sink_disabled", "1 once the target asked never to be called again (410)",
+            labels=("sink",),
+        )  # fmt: skip
+        for d in self._dispatchers:
+            name, st = d.sink.name, d.stats
+            sent.add_metric((name, "sent"), st.sent)
+            for reason, n in sorted(st.failed.items()):
+                sent.add_metric((name, reason), n)
+            dead.add_metric((name,), st.dead)
+            pending.add_metric((name,), st.pending)
+            connected.add_metric((name,), 1.0 if st.connected else 0.0)
+            disabled.add_metric((name,), 1.0 if st.disabled else 0.0)
+        yield from (sent, dead, pending, connected, disabled)

@@ -1,0 +1,28 @@
+"""Every sink type, registered once: its config model and how to build it.
+
+The config schema (``sinks:``), the CLI's choices and the docs derive from ``SINKS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Final
+
+from pydantic import BaseModel, Field
+
+from vcmon.sinks.base import Sink
+from vcmon.sinks.console import ConsoleConfig, ConsoleSink
+
+# type → (config model, factory(config, instance) → sink)
+SINKS: Final[dict[str, tuple[type[BaseModel], Callable[[Any, str], Sink]]]] = {
+    "console": (ConsoleConfig, lambda cfg, instance: ConsoleSink(cfg)),
+}
+
+SinkConfig = Annotated[ConsoleConfig, Field(discriminator="type")]
+
+
+def build_sinks(configs: Sequence[Any], instance: str) -> list[Sink]:
+    """One sink per config entry; the console alone when there is none."""
+    if not configs:
+        return [ConsoleSink(ConsoleConfig())]
+    return [SINKS[str(cfg.type)][1](cfg, instance) for cfg in configs]
