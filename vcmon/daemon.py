@@ -112,8 +112,11 @@ class Daemon:
 
         async with asyncio.TaskGroup() as tg:
             background = [tg.create_task(alerts.run(), name="alerts")]
-            for d in self.delivery.dispatchers if self.delivery else ():
-                background.append(tg.create_task(d.run(), name=f"sink:{d.sink.name}"))
+            if self.delivery is not None:
+                for d in self.delivery.dispatchers:
+                    background.append(tg.create_task(d.run(), name=f"sink:{d.sink.name}"))
+                for upkeep in self.delivery.upkeep:
+                    background.append(tg.create_task(upkeep(), name="sink-upkeep"))
             task = start()
             while True:
                 await self._wake.wait()

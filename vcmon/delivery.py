@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -62,6 +62,16 @@ class Delivery:
             for sink in sinks
         ]
         registry.register(DeliveryCollector(self.dispatchers))
+        firing = store.firing_events()
+        # Sinks with upkeep of their own (Alertmanager's re-posting), seeded from the log.
+        self.upkeep: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        for sink in sinks:
+            seed = getattr(sink, "seed", None)
+            if seed is not None:
+                seed(firing)
+            maintain = getattr(sink, "maintain", None)
+            if maintain is not None:
+                self.upkeep.append(maintain)
 
     def notify(self) -> None:
         """New events are in the log."""

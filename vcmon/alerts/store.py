@@ -1,21 +1,31 @@
-"""Durable alert state in SQLite: health states, open alerts, silences, the event log.
+"""Durable alert state in SQLite: health states, open alerts, silences, the event log, and
+each sink's delivery cursor.
 
-WAL mode with ``synchronous=FULL``: a decision's ``Changes`` are one transaction, on disk
-before anything is sent, so after a crash at any instant (SIGKILL included) either all of a
-decision is there or none of it. The event log (``events``, ordered by ``seq``) is what the
-sinks read, each with its own cursor.
+A decision's ``Changes`` are written in one transaction (``BEGIN IMMEDIATE`` … ``COMMIT``,
+explicit, on a connection in autocommit mode), in WAL mode with ``synchronous=FULL``: the
+commit is fsynced before ``apply`` returns, so a decision is on disk before anything is sent.
+After a crash at any instant, SIGKILL included, a decision is either all there or not at all:
+no delivered alert re-fires after a restart and no pending resolve is lost.
+
+The event log (``events``, keyed by ``seq``, strictly increasing) is what every sink reads;
+``sink_cursors`` holds the last seq each sink is done with and ``dead_letters`` the events a
+sink gave up on (schema 2). ``PRAGMA user_version`` is the schema version; ``Store.open``
+upgrades older files step by step (``_MIGRATIONS``) and refuses newer ones.
+
+One connection, used on the thread that opened it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from vcmon.alerts.model import (
     Alert,
@@ -32,47 +42,71 @@ from vcmon.alerts.model import (
 from vcmon.alerts.policy import Matchers
 
 SCHEMA_VERSION: Final = 2
+BUSY_TIMEOUT_MS: Final = 5000  # a CLI reading while the daemon commits waits, never fails
 
-_SCHEMA: Final = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE health (endpoint_id TEXT PRIMARY KEY, body TEXT NOT NULL);
-CREATE TABLE alerts (
-    alert_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    target_id TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL,
-    notified INTEGER NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX alerts_open ON alerts (ended_at);
-CREATE TABLE events (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    alert_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    target_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE TABLE silences (
-    id TEXT PRIMARY KEY,
-    ends_at REAL NOT NULL,
-    body TEXT NOT NULL
-);
+_T = TypeVar("_T")
+
+# The statements that take a file from schema ``n - 1`` to ``n``; never edit a released step.
+_MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
+    1: (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE health (endpoint_id TEXT PRIMARY KEY, body TEXT NOT NULL)",
+        """CREATE TABLE alerts (
+            alert_id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            target_id TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            notified INTEGER NOT NULL,
+            body TEXT NOT NULL
+        )""",
+        "CREATE INDEX alerts_open ON alerts (ended_at)",
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            alert_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            target_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            body TEXT NOT NULL
+        )""",
+        "CREATE TABLE silences (id TEXT PRIMARY KEY, ends_at REAL NOT NULL, body TEXT NOT NULL)",
+    ),
+    2: (
+        "CREATE TABLE IF NOT EXISTS sink_cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS dead_letters (
+            sink TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (sink, seq)
+        )""",
+    ),
+}
+
+_UPSERT_HEALTH: Final = """
+INSERT INTO health (endpoint_id, body) VALUES (?, ?)
+ON CONFLICT (endpoint_id) DO UPDATE SET body = excluded.body
 """
-
-# Schema 2: per-sink delivery state.
-_OUTBOX: Final = """
-CREATE TABLE IF NOT EXISTS sink_cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    sink TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    at REAL NOT NULL,
-    PRIMARY KEY (sink, seq)
-);
+# An upserted alert is one the engine holds open, so its row is open too (ended_at NULL).
+_UPSERT_ALERT: Final = """
+INSERT INTO alerts (alert_id, kind, target_id, started_at, ended_at, notified, body)
+VALUES (?, ?, ?, ?, NULL, ?, ?)
+ON CONFLICT (alert_id) DO UPDATE SET
+    kind = excluded.kind, target_id = excluded.target_id, started_at = excluded.started_at,
+    ended_at = NULL, notified = excluded.notified, body = excluded.body
+"""
+# No row to update is fine: the engine drops the upsert of an alert opened and closed within
+# one decision. An alert ends once; a repeated close keeps the first end.
+_CLOSE_ALERT: Final = "UPDATE alerts SET ended_at = ? WHERE alert_id = ? AND ended_at IS NULL"
+_INSERT_EVENT: Final = """
+INSERT INTO events (seq, id, alert_id, status, kind, target_id, at, body)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_UPSERT_SILENCE: Final = """
+INSERT INTO silences (id, ends_at, body) VALUES (?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET ends_at = excluded.ends_at, body = excluded.body
 """
 
 
@@ -90,11 +124,19 @@ def target_to_json(t: Target) -> dict[str, Any]:
 
 def target_from_json(d: dict[str, Any]) -> Target:
     """The inverse of target_to_json."""
-    return Target(d["id"], d["name"], d["address"], d["district"], d["level"], d.get("labels", {}))
+    return Target(
+        id=d["id"],
+        name=d["name"],
+        address=d["address"],
+        district=d["district"],
+        level=d["level"],
+        labels=dict(d.get("labels", {})),
+    )
 
 
 def alert_to_json(a: Alert) -> dict[str, Any]:
-    """Everything of an alert, JSON-ready."""
+    """Everything of an alert, JSON-ready; ``detail`` values must be JSON values (a tuple
+    in it comes back a list)."""
     return {
         "alert_id": a.alert_id,
         "kind": a.kind.value,
@@ -102,18 +144,18 @@ def alert_to_json(a: Alert) -> dict[str, Any]:
         "target": target_to_json(a.target),
         "started_at": a.started_at,
         "affected": list(a.affected),
-        "measurements": {
-            k: getattr(a.measurements, k) for k in ("rtt_ms", "jitter_ms", "loss_pct", "mos")
-        },
+        "measurements": dataclasses.asdict(a.measurements),
         "notified": a.notified,
-        "notified_severity": a.notified_severity.value if a.notified_severity else None,
+        "notified_severity": (
+            a.notified_severity.value if a.notified_severity is not None else None
+        ),
         "detail": dict(a.detail),
     }
 
 
 def alert_from_json(d: dict[str, Any]) -> Alert:
     """The inverse of alert_to_json."""
-    notified = d.get("notified_severity")
+    notified_severity = d.get("notified_severity")
     return Alert(
         alert_id=d["alert_id"],
         kind=Kind(d["kind"]),
@@ -122,9 +164,9 @@ def alert_from_json(d: dict[str, Any]) -> Alert:
         started_at=d["started_at"],
         affected=tuple(d["affected"]),
         measurements=Measurements(**d["measurements"]),
-        notified=d["notified"],
-        notified_severity=Severity(notified) if notified else None,
-        detail=d["detail"],
+        notified=bool(d["notified"]),
+        notified_severity=Severity(notified_severity) if notified_severity is not None else None,
+        detail=dict(d["detail"]),
     )
 
 
@@ -132,7 +174,7 @@ def silence_to_json(s: Silence) -> dict[str, Any]:
     """Everything of a silence, JSON-ready."""
     return {
         "id": s.id,
-        "matchers": s.matchers.model_dump(exclude_defaults=True),
+        "matchers": s.matchers.model_dump(mode="json", by_alias=True),
         "starts_at": s.starts_at,
         "ends_at": s.ends_at,
         "created_by": s.created_by,
@@ -172,7 +214,7 @@ def health_from_json(d: dict[str, Any]) -> HealthRecord:
         endpoint_id=d["endpoint_id"],
         state=d["state"],
         confirmed_up=d["confirmed_up"],
-        flapping=d["flapping"],
+        flapping=bool(d["flapping"]),
         history=tuple(d["history"]),
         since=d["since"],
     )
@@ -192,16 +234,95 @@ def _event_row(e: AlertEvent) -> tuple[Any, ...]:
             _dumps(e.to_json()))  # fmt: skip
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Rows:
+    """The rows of one Changes, encoded before its transaction begins, so a value that does
+    not encode fails the call without ever taking the write lock."""
+
+    health: list[tuple[Any, ...]]
+    alerts: list[tuple[Any, ...]]
+    closed: list[tuple[Any, ...]]
+    events: list[tuple[Any, ...]]
+    silences: list[tuple[Any, ...]]
+
+    @classmethod
+    def of(cls, c: Changes) -> _Rows:
+        return cls(
+            health=[(h.endpoint_id, _dumps(health_to_json(h))) for h in c.health],
+            alerts=[_alert_row(a) for a in c.upserted],
+            closed=[(ended_at, alert_id) for alert_id, ended_at in c.closed],
+            events=[_event_row(e) for e in c.events],
+            silences=[(s.id, s.ends_at, _dumps(silence_to_json(s))) for s in c.silences],
+        )
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
+    """``begin`` … COMMIT, or ROLLBACK on any error (a failed COMMIT included)."""
+    db.execute(begin)
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        # A failed COMMIT (busy, I/O) may leave the transaction open, and every later BEGIN
+        # would fail; SQLite may also have rolled back already, hence the check.
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+
+
+def _prepare(db: sqlite3.Connection, path: Path) -> str:
+    """Configure the connection, create or upgrade the schema; the database's epoch."""
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    # The first read of the file: one that is not SQLite fails here, untouched.
+    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StoreError(
+            f"the state file {path} cannot be put in WAL mode (journal mode is {mode}); "
+            "keep it on a local file system"
+        )
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
+    # IMMEDIATE: of two processes creating or upgrading the file at once, the second waits
+    # and then sees the first one's schema.
+    with _transaction(db):
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the state file {path} was written by a newer vcmon (schema {version}, this "
+                f"one reads up to {SCHEMA_VERSION}); upgrade vcmon or move the file away"
+            )
+        if version < 0:
+            raise StoreError(f"the state file {path} is not a usable vcmon database")
+        if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreError(
+                f"the state file {path} is an SQLite database of something else, not a "
+                "usable vcmon database; choose another alerts.state_file"
+            )
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                db.execute(statement)
+        if version == 0:
+            db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (secrets.token_hex(4),))
+        if version < SCHEMA_VERSION:
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        if row is None:
+            raise StoreError(f"the state file {path} is not a usable vcmon database (no epoch)")
+        return str(row[0])
+
+
 # -- the store ---------------------------------------------------------------------------------
 
 
 class Store:
-    """One SQLite database; every method runs on the caller's thread."""
+    """One SQLite database; every method runs on the thread that opened it."""
 
     def __init__(self, path: Path, db: sqlite3.Connection, epoch: str) -> None:
         self.path = path
-        self._db = db
         self.epoch = epoch
+        self._db = db
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -209,45 +330,24 @@ class Store:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
+            db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the state file {path}: {exc}") from None
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                epoch = secrets.token_hex(4)
-                db.executescript(
-                    "BEGIN IMMEDIATE;"
-                    + _SCHEMA
-                    + _OUTBOX
-                    + f"PRAGMA user_version={SCHEMA_VERSION};"
-                    f"INSERT INTO meta VALUES ('epoch', '{epoch}'); COMMIT;"
-                )
-            elif version < SCHEMA_VERSION:
-                db.executescript(
-                    "BEGIN IMMEDIATE;" + _OUTBOX + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-                )
-            elif version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the state file {path} was written by a newer vcmon (schema {version}, "
-                    f"this one reads up to {SCHEMA_VERSION}); upgrade vcmon or move the file"
-                )
-            epoch = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
+            epoch = _prepare(db, path)
         except sqlite3.Error as exc:
             db.close()
             raise StoreError(
                 f"the state file {path} is not a usable vcmon database ({exc}); "
                 "move it away to start with an empty state"
             ) from None
-        except StoreError:
+        except BaseException:
             db.close()
             raise
-        return cls(path, db, str(epoch))
+        return cls(path, db, epoch)
 
     def close(self) -> None:
-        """Close the database."""
+        """Close the database (a second close does nothing)."""
         self._db.close()
 
     def __enter__(self) -> Store:
@@ -261,77 +361,115 @@ class Store:
     ) -> None:
         self.close()
 
+    # -- the engine's state --------------------------------------------------------------------
+
     def load(self, now: float) -> Snapshot:
-        """Everything the engine restores from: health, open alerts, silences not yet ended."""
+        """Everything the engine restores from: health, open alerts, silences not ended at
+        ``now``."""
         db = self._db
-        seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-        health = {
-            row[0]: health_from_json(json.loads(row[1]))
-            for row in db.execute("SELECT endpoint_id, body FROM health")
-        }
-        alerts = tuple(
-            alert_from_json(json.loads(row[0]))
-            for row in db.execute(
-                "SELECT body FROM alerts WHERE ended_at IS NULL ORDER BY started_at"
-            )
-        )
+        # One read transaction: a consistent view even if another process writes meanwhile.
+        with self._failing("read"), _transaction(db, "BEGIN"):
+            seq = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+            health_rows = db.execute("SELECT body FROM health ORDER BY endpoint_id").fetchall()
+            alert_rows = db.execute(
+                "SELECT body FROM alerts WHERE ended_at IS NULL ORDER BY started_at, alert_id"
+            ).fetchall()
+            silences = self._silences(now, include_expired=False)
+        health = (self._decode(body, health_from_json) for (body,) in health_rows)
         return Snapshot(
             epoch=self.epoch,
-            seq=int(seq),
-            health=health,
-            alerts=alerts,
-            silences=tuple(self.silences(now)),
+            seq=seq,
+            health={h.endpoint_id: h for h in health},
+            alerts=tuple(self._decode(body, alert_from_json) for (body,) in alert_rows),
+            silences=tuple(silences),
         )
 
     def apply(self, changes: Changes) -> None:
-        """Write one decision in one transaction; all of it or, on error, none of it."""
+        """Write one decision in one transaction: all of it, or on any error none of it."""
         if changes.empty():
             return
+        rows = _Rows.of(changes)
         db = self._db
-        with _transaction(db):
-            db.executemany(
-                "INSERT OR REPLACE INTO health VALUES (?, ?)",
-                [(h.endpoint_id, _dumps(health_to_json(h))) for h in changes.health],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO alerts VALUES (?, ?, ?, ?, NULL, ?, ?)",
-                [_alert_row(a) for a in changes.upserted],
-            )
-            db.executemany(
-                "UPDATE alerts SET ended_at = ? WHERE alert_id = ?",
-                [(ended, alert_id) for alert_id, ended in changes.closed],
-            )
-            db.executemany(
-                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [_event_row(e) for e in changes.events],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO silences VALUES (?, ?, ?)",
-                [(s.id, s.ends_at, _dumps(silence_to_json(s))) for s in changes.silences],
-            )
+        with self._failing("write"), _transaction(db):
+            db.executemany(_UPSERT_HEALTH, rows.health)
+            db.executemany(_UPSERT_ALERT, rows.alerts)
+            db.executemany(_CLOSE_ALERT, rows.closed)
+            if rows.events:
+                last = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+                for event in changes.events:
+                    if event.seq <= last:
+                        raise StoreError(
+                            f"event seq {event.seq} is not after seq {last} already in the "
+                            f"state file {self.path}; is another vcmon writing to it?"
+                        )
+                    last = event.seq
+                db.executemany(_INSERT_EVENT, rows.events)
+            db.executemany(_UPSERT_SILENCE, rows.silences)
 
     def events(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-        """Events with seq > ``after_seq``, oldest first, in the contract's JSON form."""
-        rows = self._db.execute(
-            "SELECT body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
-        )
-        return [json.loads(row[0]) for row in rows]
+        """Events with seq > ``after_seq``, in seq order, in the contract's JSON form."""
+        return [doc for _, doc in self.entries(after_seq, limit)]
+
+    def entries(self, after_seq: int = 0, limit: int = 1000) -> list[tuple[float, dict[str, Any]]]:
+        """(when decided, event JSON) of events with seq > ``after_seq``, in seq order."""
+        _check_limit(limit)
+        with self._failing("read"):
+            rows = self._db.execute(
+                "SELECT at, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+        return [(float(at), self._decode(body, _json_object)) for at, body in rows]
 
     def last_seq(self) -> int:
         """Seq of the newest event (0 when there is none)."""
-        return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        with self._failing("read"):
+            row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        return int(row[0])
+
+    def alerts(self, *, include_ended: bool = False, limit: int = 1000) -> list[Alert]:
+        """Open alerts, oldest first; with ``include_ended`` ended ones too, newest first."""
+        _check_limit(limit)
+        sql = (
+            "SELECT body FROM alerts ORDER BY started_at DESC, alert_id DESC LIMIT ?"
+            if include_ended
+            else "SELECT body FROM alerts WHERE ended_at IS NULL "
+            "ORDER BY started_at, alert_id LIMIT ?"
+        )
+        with self._failing("read"):
+            rows = self._db.execute(sql, (limit,)).fetchall()
+        return [self._decode(body, alert_from_json) for (body,) in rows]
+
+    def silences(self, now: float, *, include_expired: bool = False) -> list[Silence]:
+        """Silences not ended at ``now`` (or all, with ``include_expired``), by end."""
+        with self._failing("read"):
+            return self._silences(now, include_expired=include_expired)
+
+    def _silences(self, now: float, *, include_expired: bool) -> list[Silence]:
+        if include_expired:
+            rows = self._db.execute("SELECT body FROM silences ORDER BY ends_at, id")
+        else:
+            rows = self._db.execute(
+                "SELECT body FROM silences WHERE ends_at > ? ORDER BY ends_at, id", (now,)
+            )
+        return [self._decode(body, silence_from_json) for (body,) in rows.fetchall()]
+
+    # -- delivery ----------------------------------------------------------------------------
 
     def cursor(self, sink: str) -> int | None:
         """Seq of the last event ``sink`` is done with, or None for a sink never seen."""
-        row = self._db.execute("SELECT seq FROM sink_cursors WHERE sink = ?", (sink,)).fetchone()
+        with self._failing("read"):
+            row = self._db.execute(
+                "SELECT seq FROM sink_cursors WHERE sink = ?", (sink,)
+            ).fetchone()
         return None if row is None else int(row[0])
 
     def advance(self, sink: str, seq: int, dead_letter: str | None = None, at: float = 0.0) -> None:
         """Mark ``sink`` done up to ``seq``; with ``dead_letter``, record why it gave up on it."""
-        with _transaction(self._db):
-            self._db.execute("INSERT OR REPLACE INTO sink_cursors VALUES (?, ?)", (sink, seq))
+        db = self._db
+        with self._failing("write"), _transaction(db):
+            db.execute("INSERT OR REPLACE INTO sink_cursors VALUES (?, ?)", (sink, seq))
             if dead_letter is not None:
-                self._db.execute(
+                db.execute(
                     "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?)",
                     (sink, seq, dead_letter, at),
                 )
@@ -342,56 +480,51 @@ class Store:
         args: tuple[str, ...] = ()
         if sink is not None:
             sql, args = sql + " WHERE sink = ?", (sink,)
-        return [
-            (r[0], int(r[1]), r[2], float(r[3]))
-            for r in self._db.execute(sql + " ORDER BY seq", args)
-        ]
+        with self._failing("read"):
+            rows = self._db.execute(sql + " ORDER BY seq, sink", args).fetchall()
+        return [(str(r[0]), int(r[1]), str(r[2]), float(r[3])) for r in rows]
 
     def take_dead_letters(self, sink: str) -> list[dict[str, Any]]:
         """Remove ``sink``'s dead letters and return their events, for a retry."""
-        with _transaction(self._db):
-            rows = self._db.execute(
+        db = self._db
+        with self._failing("write"), _transaction(db):
+            rows = db.execute(
                 "SELECT e.body FROM dead_letters d JOIN events e ON e.seq = d.seq "
                 "WHERE d.sink = ? ORDER BY d.seq",
                 (sink,),
             ).fetchall()
-            self._db.execute("DELETE FROM dead_letters WHERE sink = ?", (sink,))
-        return [json.loads(r[0]) for r in rows]
+            db.execute("DELETE FROM dead_letters WHERE sink = ?", (sink,))
+        return [self._decode(body, _json_object) for (body,) in rows]
 
-    def entries(self, after_seq: int = 0, limit: int = 1000) -> list[tuple[float, dict[str, Any]]]:
-        """(when decided, event JSON) of events with seq > ``after_seq``, oldest first."""
-        rows = self._db.execute(
-            "SELECT at, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
-        )
-        return [(float(row[0]), json.loads(row[1])) for row in rows]
+    # -- errors --------------------------------------------------------------------------------
 
-    def alerts(self, *, include_ended: bool = False, limit: int = 1000) -> list[Alert]:
-        """Open alerts, oldest first; with ``include_ended`` also ended ones, newest first."""
-        sql = (
-            "SELECT body FROM alerts ORDER BY started_at DESC LIMIT ?"
-            if include_ended
-            else "SELECT body FROM alerts WHERE ended_at IS NULL ORDER BY started_at LIMIT ?"
-        )
-        return [alert_from_json(json.loads(row[0])) for row in self._db.execute(sql, (limit,))]
+    @contextlib.contextmanager
+    def _failing(self, doing: str) -> Iterator[None]:
+        """Turn database errors into StoreError naming the file; misuse (a closed store, a
+        bad statement) stays a sqlite3.ProgrammingError."""
+        try:
+            yield
+        except sqlite3.ProgrammingError:
+            raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot {doing} the state file {self.path}: {exc}") from exc
 
-    def silences(self, now: float, *, include_expired: bool = False) -> list[Silence]:
-        """Silences not yet ended at ``now`` (or all, with ``include_expired``), by end."""
-        sql = "SELECT body FROM silences" + ("" if include_expired else " WHERE ends_at > ?")
-        args: tuple[float, ...] = () if include_expired else (now,)
-        rows = self._db.execute(sql + " ORDER BY ends_at", args)
-        return [silence_from_json(json.loads(row[0])) for row in rows]
+    def _decode(self, body: str, decode: Callable[[dict[str, Any]], _T]) -> _T:
+        try:
+            return decode(json.loads(body))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(
+                f"the state file {self.path} holds a record this vcmon cannot read "
+                f"({type(exc).__name__}: {exc}); move the file away to start with an empty state"
+            ) from exc
 
 
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any error."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    else:
-        if db.in_transaction:
-            db.execute("COMMIT")
+def _check_limit(limit: int) -> None:
+    if limit < 0:  # SQLite reads a negative LIMIT as none at all
+        raise ValueError(f"limit must be ≥ 0, got {limit}")
+
+
+def _json_object(doc: object) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise TypeError(f"expected a JSON object, got {type(doc).__name__}")
+    return doc

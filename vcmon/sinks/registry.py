@@ -10,15 +10,17 @@ from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, Field
 
+from vcmon.sinks.alertmanager import AlertmanagerConfig, AlertmanagerSink
 from vcmon.sinks.base import Sink
 from vcmon.sinks.console import ConsoleConfig, ConsoleSink
 
 # type → (config model, factory(config, instance) → sink)
 SINKS: Final[dict[str, tuple[type[BaseModel], Callable[[Any, str], Sink]]]] = {
     "console": (ConsoleConfig, lambda cfg, instance: ConsoleSink(cfg)),
+    "alertmanager": (AlertmanagerConfig, lambda cfg, instance: AlertmanagerSink(cfg)),
 }
 
-SinkConfig = Annotated[ConsoleConfig, Field(discriminator="type")]
+SinkConfig = Annotated[ConsoleConfig | AlertmanagerConfig, Field(discriminator="type")]
 
 
 def build_sinks(configs: Sequence[Any], instance: str) -> list[Sink]:

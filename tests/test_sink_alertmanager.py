@@ -1,0 +1,121 @@
+"""The Alertmanager sink against a real Alertmanager (Debian's package) on a free port."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from vcmon.alerts.model import AlertEvent, Kind, Measurements, Severity, Status, Target
+from vcmon.sinks.alertmanager import AlertmanagerConfig, AlertmanagerSink
+from vcmon.sinks.base import Reject, Retry
+
+from .helpers import free_port, wait_for
+
+BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+TARGET = Target("co-to", "UBND huyện Cô Tô", "127.0.0.1", "Cô Tô", "district")
+
+
+def event(status: Status, seq: int = 1, alert_id: str = "a1") -> dict[str, Any]:
+    return AlertEvent(
+        id=f"e{seq}", seq=seq, alert_id=alert_id, status=status, kind=Kind.GROUP_DOWN,
+        severity=Severity.CRITICAL, instance="lab", target=TARGET, affected=("c1", "c2"),
+        measurements=Measurements(), started_at=time.time() - 60,
+        ended_at=time.time() if status is Status.RESOLVED else None, at=1.0,
+        summary="Huyện Cô Tô: mất kết nối", description="…",
+    ).to_json()  # fmt: skip
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    """A real Alertmanager on a free loopback port, clustering off; its base URL."""
+    if BINARY is None:
+        if __import__("os").environ.get("CI"):
+            pytest.fail("alertmanager is not installed (make test installs it)")
+        pytest.skip("alertmanager is not installed")
+    port = free_port()
+    config = tmp_path / "am.yml"
+    config.write_text(
+        "route: {receiver: blackhole}\nreceivers: [{name: blackhole}]\n", encoding="utf-8"
+    )
+    proc = subprocess.Popen(
+        [BINARY, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{url}/-/ready").status_code == 200, 20, "alertmanager")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def active(url: str) -> list[dict[str, Any]]:
+    alerts: list[dict[str, Any]] = httpx.get(
+        f"{url}/api/v2/alerts", params={"active": "true"}
+    ).json()
+    return alerts
+
+
+async def test_firing_then_resolved(alertmanager: str) -> None:
+    sink = AlertmanagerSink(AlertmanagerConfig(type="alertmanager", url=alertmanager))
+    await sink.start()
+    try:
+        await sink.send(event(Status.FIRING))
+        alerts = wait_for(lambda: active(alertmanager), 10, "the alert in Alertmanager")
+        labels = alerts[0]["labels"]
+        assert labels["alertname"] == "group_down"
+        assert labels["endpoint"] == "co-to"
+        assert labels["severity"] == "critical"
+        assert alerts[0]["annotations"]["summary"] == "Huyện Cô Tô: mất kết nối"
+        assert sink.firing.keys() == {"a1"}
+        await sink.send(event(Status.RESOLVED, seq=2))
+        wait_for(lambda: not active(alertmanager), 10, "the resolve in Alertmanager")
+        assert sink.firing == {}
+    finally:
+        await sink.close()
+
+
+async def test_seeded_alerts_are_reposted(alertmanager: str) -> None:
+    sink = AlertmanagerSink(
+        AlertmanagerConfig(type="alertmanager", url=alertmanager, repost_interval=0.2)
+    )
+    sink.seed([event(Status.FIRING, alert_id="old")])
+    import asyncio
+
+    task = asyncio.create_task(sink.maintain())
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not any(a["labels"]["alert_id"] == "old" for a in active(alertmanager)):
+            assert loop.time() < deadline, "the seeded alert was never re-posted"
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await sink.close()
+
+
+async def test_unreachable_alertmanager_is_a_retry() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    sink = AlertmanagerSink(AlertmanagerConfig(type="alertmanager", url=url, timeout=1))
+    with pytest.raises(Retry) as caught:
+        await sink.send(event(Status.FIRING))
+    assert caught.value.reason == "connect"
+    await sink.close()
+
+
+async def test_a_malformed_alert_is_rejected(alertmanager: str) -> None:
+    sink = AlertmanagerSink(AlertmanagerConfig(type="alertmanager", url=alertmanager))
+    bad = event(Status.FIRING) | {"started_at": "not a time"}
+    with pytest.raises(Reject) as caught:
+        await sink.send(bad)
+    assert caught.value.reason == "http_400"
+    await sink.close()
