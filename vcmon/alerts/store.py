@@ -426,6 +426,16 @@ class Store:
             row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
         return int(row[0])
 
+    def firing_events(self) -> list[dict[str, Any]]:
+        """The newest firing event of every open alert that was announced, oldest first."""
+        with self._failing("read"):
+            rows = self._db.execute(
+                "SELECT e.body FROM events e JOIN alerts a ON a.alert_id = e.alert_id "
+                "WHERE a.ended_at IS NULL AND e.seq = (SELECT MAX(seq) FROM events "
+                "WHERE alert_id = e.alert_id AND status = 'firing') ORDER BY e.seq"
+            ).fetchall()
+        return [self._decode(body, _json_object) for (body,) in rows]
+
     def alerts(self, *, include_ended: bool = False, limit: int = 1000) -> list[Alert]:
         """Open alerts, oldest first; with ``include_ended`` ended ones too, newest first."""
         _check_limit(limit)
