@@ -191,3 +191,38 @@ def test_backoff_grows_and_is_capped() -> None:
     assert delays[0] <= 1.0
     assert delays[2] > 2.0
     assert all(d <= 8.0 for d in delays)
+
+
+async def test_outbox_retry_requeues_dead_letters_for_a_running_dispatcher(
+    tmp_path: Path,
+) -> None:
+    from vcmon.config import load_config
+    from vcmon.outbox_cli import backlog, retry_dead_letters
+
+    path = tmp_path / "vcmon.yaml"
+    path.write_text(
+        "alerts: {state_file: state.db}\nsinks: [{type: console, name: s}]\nendpoints:\n"
+        "  - {id: a, name: A, address: 127.0.0.1, district: X, level: commune}\n",
+        encoding="utf-8",
+    )
+    config = load_config(path, env={})
+    store = Store.open(tmp_path / "state.db")
+    store.advance("s", 0)
+    write(store, 1, 2, 3)
+    sink = ScriptedSink("s", [Reject("http_400")])
+    d = Dispatcher(sink, store, backoff=FAST)
+    task = asyncio.create_task(d.run())
+    try:
+        await until(lambda: store.cursor("s") == 3)
+        assert sink.delivered == ["e2", "e3"]
+        last, [entry] = backlog(config)
+        assert (last, entry.sink, entry.cursor, entry.pending) == (3, "s", 3, [])
+        assert [seq for seq, _, _ in entry.dead] == [1]
+        assert retry_dead_letters(config) == {"s": 1}
+        d.notify()
+        await until(lambda: len(sink.delivered) == 5)
+        assert sink.delivered == ["e2", "e3", "e1", "e2", "e3"]  # in order; dupes are by id
+        assert store.dead_letters() == []
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -11,6 +11,7 @@ nor the probing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -25,6 +26,7 @@ from vcmon.sinks.base import Gone, Reject, Retry, Sink, SinkError
 log = logging.getLogger(__name__)
 
 BATCH: Final = 200  # events read from the log at a time
+RECHECK: Final = 5.0  # s between looks at the cursor when no event wakes the dispatcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +101,14 @@ class Dispatcher:
         try:
             while True:
                 self._wake.clear()
+                # Re-read: `vcmon outbox retry` may have moved it back from another process.
+                cursor = self.store.cursor(name) or 0
                 batch = self.store.entries(cursor, BATCH)
                 self.stats.pending = max(0, self.store.last_seq() - cursor)
                 if not batch:
-                    await self._wake.wait()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(RECHECK):
+                            await self._wake.wait()
                     continue
                 for decided, doc in batch:
                     outcome = await self._deliver(doc, decided) if self.route(doc) else None
