@@ -623,3 +623,45 @@ def test_started_at_is_when_the_failure_began() -> None:
     h.rounds(3, {"a": False})
     assert h.events[0].started_at == START
     assert h.events[0].at > START + 20
+
+
+# -- acknowledgement ------------------------------------------------------------------------
+
+
+def test_ack_goes_out_once_and_the_resolve_still_follows() -> None:
+    h = Harness(ONE)
+    h.rounds(3, {"a": False})
+    alert_id = h.events[0].alert_id
+    h.apply(h.engine.ack(alert_id, "Trực ban Lan", "đang gọi nhà mạng", None, h.now))
+    assert [e.status.value for e in h.events] == ["firing", "acknowledged"]
+    assert h.events[1].alert_id == alert_id
+    assert "Trực ban Lan" in h.events[1].summary
+    h.rounds(10, {"a": False})
+    h.rounds(2, {"a": True})
+    assert [e.status.value for e in h.events] == ["firing", "acknowledged", "resolved"]
+
+
+def test_an_expired_ack_notifies_again_while_it_still_fires() -> None:
+    h = Harness(ONE)
+    h.rounds(3, {"a": False})
+    alert_id = h.events[0].alert_id
+    h.apply(h.engine.ack(alert_id, "Lan", "", h.now + 60, h.now))
+    h.rounds(5, {"a": False})
+    assert [e.status.value for e in h.events] == ["firing", "acknowledged"]
+    h.rounds(2, {"a": False})
+    assert [e.status.value for e in h.events] == ["firing", "acknowledged", "firing"]
+    assert len({e.alert_id for e in h.events}) == 1
+
+
+def test_ack_of_an_unknown_alert_changes_nothing() -> None:
+    h = Harness(ONE)
+    assert h.engine.ack("nope", "Lan", "", None, h.now) is None
+
+
+def test_ack_survives_a_restart() -> None:
+    h = Harness(ONE)
+    h.rounds(3, {"a": False})
+    h.apply(h.engine.ack(h.events[0].alert_id, "Lan", "", h.now + 60, h.now))
+    h.restart()
+    h.rounds(8, {"a": False})
+    assert [e.status.value for e in h.events] == ["firing", "acknowledged", "firing"]

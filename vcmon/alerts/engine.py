@@ -212,8 +212,38 @@ class AlertEngine:
         for sid, silence in list(self.silences.items()):
             if silence.ends_at <= now:
                 del self.silences[sid]  # stays in the store for `silence list --expired`
+        self._expire_acks(now, out)
         self._notify_pending(now, out)
         return out.changes()
+
+    def ack(
+        self, alert_id: str, by: str, comment: str, until: float | None, now: float
+    ) -> Changes | None:
+        """Acknowledge an open alert (until ``until``, or for its life); the acknowledgement
+        goes out as an event. None if no open alert has this id."""
+        key = next((k for k, a in self.alerts.items() if a.alert_id == alert_id), None)
+        if key is None:
+            return None
+        alert = self.alerts[key]
+        ack = {"by": by, "comment": comment, "at": now, "until": until}
+        acked = alert.with_(detail={**alert.detail, "ack": ack})
+        self.alerts[key] = acked
+        out = _Collector()
+        out.upserted[acked.alert_id] = acked
+        if acked.notified:  # an alert nobody was told about needs no news of its ack
+            out.events.append(self._event(acked, Status.ACKNOWLEDGED, now, ended_at=None))
+        return out.changes()
+
+    def _expire_acks(self, now: float, out: _Collector) -> None:
+        """An acknowledgement that ran out while the alert still fires: notify again."""
+        for key, alert in list(self.alerts.items()):
+            ack = alert.detail.get("ack")
+            if not isinstance(ack, Mapping) or ack.get("until") is None or ack["until"] > now:
+                continue
+            detail = {k: v for k, v in alert.detail.items() if k != "ack"}
+            # Due again: _notify_pending sends the firing unless something holds it back.
+            self.alerts[key] = alert.with_(detail=detail, notified_severity=None)
+            out.upserted[alert.alert_id] = self.alerts[key]
 
     def add_silence(self, silence: Silence, now: float) -> Changes:
         """Start muting what ``silence`` matches (firings already sent are not taken back)."""
@@ -626,7 +656,7 @@ class AlertEngine:
         self.seq += 1
         summary, description = self.messages.render(
             kind=alert.kind,
-            status=status,
+            status=Status.FIRING if status is Status.ACKNOWLEDGED else status,
             severity=alert.severity,
             target=alert.target,
             affected=alert.affected,
@@ -635,6 +665,9 @@ class AlertEngine:
             at=now,
             detail=alert.detail,
         )
+        ack = alert.detail.get("ack")
+        if status is Status.ACKNOWLEDGED and isinstance(ack, Mapping):
+            summary = self.messages.acknowledged(summary, str(ack["by"]), str(ack["comment"]))
         return AlertEvent(
             id=f"{self.epoch}-{self.seq}",
             seq=self.seq,

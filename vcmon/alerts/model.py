@@ -37,6 +37,7 @@ class Severity(enum.StrEnum):
 class Status(enum.StrEnum):
     FIRING = "firing"
     RESOLVED = "resolved"
+    ACKNOWLEDGED = "acknowledged"  # someone on call took it; the alert still fires
 
 
 @dataclass(frozen=True, slots=True)

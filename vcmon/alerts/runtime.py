@@ -150,6 +150,19 @@ class AlertRuntime:
         self.commit(changes)
         return next((s for s in changes.silences if s.id == silence_id), None)
 
+    def ack(
+        self, alert_id: str, by: str, comment: str, duration: float | None = None
+    ) -> Alert | None:
+        """Acknowledge an open alert for ``duration`` seconds (None: while it lasts); the
+        acknowledged alert, or None if no open alert has this id."""
+        now = self.clock.time()
+        until = now + duration if duration is not None else None
+        changes = self.engine.ack(alert_id, by, comment, until, now)
+        if changes is None:
+            return None
+        self.commit(changes)
+        return next(a for a in self.engine.alerts.values() if a.alert_id == alert_id)
+
     def suppressed_by(self, alert: Alert) -> str | None:
         """Why the alert's firing is held back now, or None."""
         return self.engine.suppressed_by(alert, self.clock.time())

@@ -128,6 +128,8 @@ class AlertmanagerSink:
 
     async def send(self, event: Mapping[str, Any]) -> None:
         """Post one event; firing alerts are remembered for re-posting."""
+        if event["status"] == "acknowledged":
+            return  # Alertmanager has no acknowledgement; its silences play that part
         body = alert_body(event, self.config.generator_url)
         await self._post([body])
         alert_id = str(event["alert_id"])
