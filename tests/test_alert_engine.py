@@ -665,3 +665,22 @@ def test_ack_survives_a_restart() -> None:
     h.restart()
     h.rounds(8, {"a": False})
     assert [e.status.value for e in h.events] == ["firing", "acknowledged", "firing"]
+
+
+# -- the alert path watching itself ---------------------------------------------------------
+
+
+def test_a_sink_failing_too_long_alerts_once_and_resolves() -> None:
+    h = Harness(ONE, {"sink_failing_after": 120})
+    since = h.now
+    for _ in range(10):  # 100 s: not yet
+        h.apply(h.engine.sink_health({"mqtt": since, "webhook": None}, h.now))
+        h.tick(10)
+    assert h.log() == []
+    for _ in range(5):
+        h.apply(h.engine.sink_health({"mqtt": since, "webhook": None}, h.now))
+        h.tick(10)
+    assert h.log() == [fire("sink_failing", "sink:mqtt")]
+    h.restart()  # not closed as an endpoint that left the inventory
+    h.apply(h.engine.sink_health({"mqtt": None, "webhook": None}, h.now))
+    assert h.log() == [fire("sink_failing", "sink:mqtt"), res("sink_failing", "sink:mqtt")]

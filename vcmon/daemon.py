@@ -71,6 +71,7 @@ class Daemon:
         self.registry.register(AlertCollector(self.alerts.firing_by_severity))
         self.delivery = Delivery(cfg, self.alerts.store, self.registry)
         self.alerts.listeners.append(self.delivery.notify)
+        self.alerts.sink_status = self.delivery.failing
         try:
             engine = IcmpEngine(
                 mode=cfg.icmp.socket, max_rate=cfg.icmp.max_rate, payload_size=cfg.icmp.payload_size

@@ -73,6 +73,10 @@ class Delivery:
             if maintain is not None:
                 self.upkeep.append(maintain)
 
+    def failing(self) -> dict[str, float | None]:
+        """Each sink's failing-since wall time, None while it delivers."""
+        return {d.sink.name: d.stats.failing_since for d in self.dispatchers}
+
     def notify(self) -> None:
         """New events are in the log."""
         for d in self.dispatchers:

@@ -58,6 +58,7 @@ from vcmon.stats import Observation
 REACH_KINDS: Final = frozenset({Kind.ENDPOINT_DOWN, Kind.GROUP_DOWN})
 QUALITY_KINDS: Final = {Kind(m.kind): m for m in Metric}
 DISTRICT_PREFIX: Final = "district:"
+SINK_PREFIX: Final = "sink:"
 
 
 @dataclass(slots=True)
@@ -171,7 +172,7 @@ class AlertEngine:
         # Alerts of endpoints that left the inventory end now (resolved if they were sent).
         for key, alert in list(self.alerts.items()):
             tid = alert.target.id
-            if not tid.startswith(DISTRICT_PREFIX) and tid not in nodes:
+            if not tid.startswith((DISTRICT_PREFIX, SINK_PREFIX)) and tid not in nodes:
                 self._close(key, now, out, {})
         self._evaluate(list(self._order), now, out, districts=self._districts())
         return out.changes()
@@ -232,6 +233,22 @@ class AlertEngine:
         out.upserted[acked.alert_id] = acked
         if acked.notified:  # an alert nobody was told about needs no news of its ack
             out.events.append(self._event(acked, Status.ACKNOWLEDGED, now, ended_at=None))
+        return out.changes()
+
+    def sink_health(self, failing: Mapping[str, float | None], now: float) -> Changes:
+        """Open or close ``sink_failing`` alerts from each sink's failing-since time."""
+        out = _Collector()
+        limit = self.config.sink_failing_after
+        for name, since in failing.items():
+            target = Target(f"{SINK_PREFIX}{name}", name, "", "", "sink")
+            key = (target.id, Kind.SINK_FAILING)
+            if since is not None and now - since >= limit:
+                want = Want(Kind.SINK_FAILING, Severity.CRITICAL, detail={"failing_since": since},
+                            started_at=since)  # fmt: skip
+                self._open_or_update(target, want, None, now, out)
+            elif key in self.alerts:
+                self._close(key, now, out, {})
+        self._notify_pending(now, out)
         return out.changes()
 
     def _expire_acks(self, now: float, out: _Collector) -> None:

@@ -27,6 +27,7 @@ class Kind(enum.StrEnum):
     LATENCY_HIGH = "latency_high"
     JITTER_HIGH = "jitter_high"
     MOS_LOW = "mos_low"
+    SINK_FAILING = "sink_failing"  # a sink could not deliver for longer than allowed
 
 
 class Severity(enum.StrEnum):

@@ -359,6 +359,11 @@ class AlertsConfig(_Frozen):
         default_factory=dict
     )
     districts: DistrictRule = DistrictRule()
+    # Seconds a sink may fail to deliver before a `sink_failing` alert goes out (through the
+    # other sinks). Default 300
+    sink_failing_after: Annotated[
+        float, BeforeValidator(_not_bool), AfterValidator(_non_negative)
+    ] = 300.0
     maintenance: tuple[MaintenanceWindow, ...] = ()
     templates: Mapping[Locale, Mapping[str, Template]] = Field(default_factory=dict)
 

@@ -58,6 +58,8 @@ class AlertRuntime:
         )
         self.events_written = 0
         self.listeners: list[Callable[[], None]] = []  # told after events are written
+        # Each sink's failing-since time (None while it delivers), for sink_failing alerts.
+        self.sink_status: Callable[[], Mapping[str, float | None]] = dict
         self.commit(self.engine.take_startup_changes())
 
     @classmethod
@@ -107,7 +109,9 @@ class AlertRuntime:
         """Make the time-driven decisions every TICK seconds, until cancelled."""
         while True:
             await asyncio.sleep(TICK)  # a cadence, not a synchronisation
-            self.commit(self.engine.tick(self.clock.time()))
+            now = self.clock.time()
+            self.commit(self.engine.tick(now))
+            self.commit(self.engine.sink_health(self.sink_status(), now))
 
     # -- what the API and the CLI ask for -----------------------------------------------------
 

@@ -82,6 +82,8 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             at REAL NOT NULL,
             PRIMARY KEY (sink, seq)
         )""",
+        # firing_events() looks up each open alert's newest firing at start.
+        "CREATE INDEX IF NOT EXISTS events_alert ON events (alert_id, seq)",
     ),
 }
 
