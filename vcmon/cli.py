@@ -58,6 +58,7 @@ def _lab_endpoints(config: Config) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from vcmon.alerts.store import StoreError
     from vcmon.daemon import run_daemon
     from vcmon.probes.icmp import IcmpUnavailable
 
@@ -79,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         netns_errors = (LabError,)
     try:
         asyncio.run(run_daemon(config, icmp_netns=args.netns))
-    except IcmpUnavailable as exc:
+    except (IcmpUnavailable, StoreError) as exc:
         err.print(f"vcmon: {exc}", markup=False)
         return EXIT_FAILURE
     except netns_errors as exc:  # the namespace does not exist
