@@ -226,3 +226,28 @@ async def test_outbox_retry_requeues_dead_letters_for_a_running_dispatcher(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_outbox_command_lists_backlog_and_dead_letters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vcmon import cli
+
+    path = tmp_path / "vcmon.yaml"
+    path.write_text(
+        "alerts: {state_file: state.db}\nsinks: [{type: console, name: s}]\nendpoints:\n"
+        "  - {id: a, name: A, address: 127.0.0.1, district: X, level: commune}\n",
+        encoding="utf-8",
+    )
+    with Store.open(tmp_path / "state.db") as store:
+        store.advance("s", 0)
+        write(store, 1, 2)
+        store.advance("s", 1, "http_400", 1_800_000_000.0)
+    assert cli.main(["outbox", "-c", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert "s pending #2 firing endpoint_down a" in shown
+    assert "s dead letter #1: http_400" in shown
+    assert cli.main(["outbox", "-c", str(path), "retry", "--sink", "s"]) == 0
+    assert "s: 1 dead letters requeued" in capsys.readouterr().out
+    with Store.open(tmp_path / "state.db") as store:
+        assert store.cursor("s") == 0

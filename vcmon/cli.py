@@ -548,6 +548,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- the outbox ---------------------------------------------------------------------------------
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from vcmon.alerts.store import StoreError
+    from vcmon.outbox_cli import backlog, retry_dead_letters
+
+    config = _load(args.config)
+    try:
+        if args.outbox_command == "retry":
+            counts = retry_dead_letters(config, args.sink)
+            for sink, n in counts.items():
+                out.print(f"{sink}: {n} dead letters requeued", markup=False)
+            if not counts:
+                out.print("no dead letters", markup=False)
+            return EXIT_OK
+        last, sinks = backlog(config)
+    except StoreError as exc:
+        err.print(f"vcmon: {exc}", markup=False)
+        return EXIT_FAILURE
+    table = Table(title=f"outbox (newest event: {last})")
+    for col in ("sink", "delivered up to", "pending", "dead letters"):
+        table.add_column(col)
+    for b in sinks:
+        table.add_row(
+            b.sink,
+            "not started" if b.cursor is None else str(b.cursor),
+            str(len(b.pending)),
+            str(len(b.dead)),
+        )
+    out.print(table)
+    for b in sinks:
+        for doc in b.pending[:10]:
+            out.print(f"  {b.sink} pending #{doc['seq']} {doc['status']} {doc['kind']} "
+                      f"{doc['endpoint']['id']}: {doc['summary']}", markup=False)  # fmt: skip
+        for seq, reason, at in b.dead:
+            when = dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
+            out.print(f"  {b.sink} dead letter #{seq}: {reason} at {when}", markup=False)
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     p = argparse.ArgumentParser(prog="vcmon", description=__doc__)
@@ -641,6 +684,13 @@ def parser() -> argparse.ArgumentParser:
         help="seconds between summary lines when stdout is no terminal (5)",
     )
     dem.set_defaults(func=cmd_demo)
+
+    box = sub.add_parser("outbox", help="what each sink still has to deliver; dead letters")
+    box.add_argument("-c", "--config", required=True, help="config file (YAML)")
+    box_sub = box.add_subparsers(dest="outbox_command")
+    retry = box_sub.add_parser("retry", help="send dead letters again, in order")
+    retry.add_argument("--sink", help="only this sink's")
+    box.set_defaults(func=cmd_outbox, outbox_command="list")
     return p
 
 
