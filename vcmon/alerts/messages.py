@@ -1,20 +1,23 @@
 """Alert summaries and descriptions in Vietnamese and English, from overridable templates.
 
 The summary names the place as people say it ("Xã Đồng Tiến, huyện Cô Tô: mất kết nối
-3 phút"). Templates are ``str.format`` strings over the placeholders of ``placeholders()``;
-an admin's template replaces only the fields it sets and is checked when the config loads.
+3 phút"). Templates are ``str.format`` strings over the placeholders of ``placeholders()``.
+Every placeholder value is a string, so a template that formats with sample values formats
+with any: an admin's template is checked when the config loads, never when an alert fires.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import string
+import unicodedata
 import zoneinfo
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from vcmon.alerts.model import Kind, Measurements, Severity, Status, Target
-from vcmon.alerts.policy import Template
+from vcmon.alerts.policy import Locale, Template
 
 _PLACEHOLDERS: Final = {
     "place": "the place as people say it: 'Xã Đồng Tiến, huyện Cô Tô'",
@@ -26,92 +29,102 @@ _PLACEHOLDERS: Final = {
     "kind": "the alert kind (endpoint_down, loss_high, …)",
     "severity": "critical or warning, in the message's language",
     "duration": "how long the problem has lasted, in words ('3 phút', '3 min')",
-    "started_local": "when it started, local time",
+    "started_local": "when it started, local time ('14:02 28/11/2026', '2026-11-28 14:02+07:00')",
     "affected_count": "how many endpoints are rolled up under the alert",
     "total": "how many endpoints depend on it (group_down) or are in the district",
     "children": "what the affected are, in words ('xã', 'communes')",
-    "value": "the measured figure of a quality alert, with its unit",
+    "value": "the measured figure of a quality alert, with its unit ('12,5%', '180 ms')",
     "threshold": "the raise value it crossed, with its unit",
     "flap_pct": "the share of state changes of a flapping endpoint, in %",
     "settled": "the state a flapping endpoint settled in, in words",
-    "rtt_ms": "round-trip time of the deciding round, ms",
-    "jitter_ms": "jitter of the deciding round, ms",
-    "loss_pct": "loss of the deciding round, %",
+    "rtt_ms": "round-trip time of the deciding round, ms (number only)",
+    "jitter_ms": "jitter of the deciding round, ms (number only)",
+    "loss_pct": "loss of the deciding round, % (number only)",
     "mos": "estimated MOS of the deciding round",
 }
+_SAMPLE: Final = dict.fromkeys(_PLACEHOLDERS, "x")
+_FORMATTER: Final = string.Formatter()
+_MISSING: Final = "—"
+_FALLBACK: Final = "*"  # built-in wording of a kind this module does not know
+# Ids of the engine's pseudo-targets (a district's roll-up, a failing sink): no endpoint.
+_PSEUDO_PREFIXES: Final = ("district:", "sink:")
 
-_BUILTIN: Final[dict[str, dict[str, Template]]] = {
+# (summary of the firing, summary of the resolve) per kind.
+_BUILTIN: Final[dict[str, dict[str, tuple[str, str]]]] = {
     "vi": {
-        "endpoint_down": Template(
-            summary="{place}: mất kết nối {duration}",
-            resolved="{place}: đã kết nối lại sau {duration}",
+        "endpoint_down": (
+            "{place}: mất kết nối {duration}",
+            "{place}: đã kết nối lại sau {duration}",
         ),
-        "group_down": Template(
-            summary=(
-                "{place}: mất kết nối — {affected_count}/{total} {children} không liên lạc được"
-            ),
-            resolved="{place}: đã kết nối lại sau {duration}, {total} {children} trở lại",
+        "group_down": (
+            "{place}: mất kết nối — {affected_count}/{total} {children} không liên lạc được",
+            "{place}: đã kết nối lại sau {duration}",
         ),
-        "district_down": Template(
-            summary="{place}: {affected_count}/{total} điểm mất kết nối cùng lúc",
-            resolved="{place}: các điểm đã kết nối lại sau {duration}",
+        "district_down": (
+            "{place}: {affected_count}/{total} {children} mất kết nối cùng lúc",
+            "{place}: hết mất kết nối đồng loạt sau {duration}",
         ),
-        "flapping": Template(
-            summary="{place}: kết nối chập chờn ({flap_pct}% đổi trạng thái)",
-            resolved="{place}: hết chập chờn, hiện {settled}",
+        "flapping": (
+            "{place}: chập chờn ({flap_pct}% đổi trạng thái)",
+            "{place}: hết chập chờn, hiện {settled}",
         ),
-        "loss_high": Template(
-            summary="{place}: mất gói {value} (ngưỡng {threshold}, {severity})",
-            resolved="{place}: mất gói đã giảm, hiện {value}",
+        "loss_high": (
+            "{place}: mất gói {value} (ngưỡng {severity} {threshold})",
+            "{place}: mất gói đã trở lại bình thường sau {duration}",
         ),
-        "latency_high": Template(
-            summary="{place}: độ trễ cao {value} (ngưỡng {threshold}, {severity})",
-            resolved="{place}: độ trễ đã bình thường, hiện {value}",
+        "latency_high": (
+            "{place}: độ trễ {value} (ngưỡng {severity} {threshold})",
+            "{place}: độ trễ đã trở lại bình thường sau {duration}",
         ),
-        "jitter_high": Template(
-            summary="{place}: jitter cao {value} (ngưỡng {threshold}, {severity})",
-            resolved="{place}: jitter đã bình thường, hiện {value}",
+        "jitter_high": (
+            "{place}: jitter {value} (ngưỡng {severity} {threshold})",
+            "{place}: jitter đã trở lại bình thường sau {duration}",
         ),
-        "mos_low": Template(
-            summary="{place}: chất lượng cuộc gọi thấp, MOS {value} (ngưỡng {threshold})",
-            resolved="{place}: chất lượng cuộc gọi đã ổn, MOS {value}",
+        "mos_low": (
+            "{place}: chất lượng thoại thấp, MOS {value} (ngưỡng {severity} {threshold})",
+            "{place}: chất lượng thoại đã trở lại bình thường sau {duration}",
         ),
-        "*": Template(summary="{place}: {kind} ({severity})", resolved="{place}: hết {kind}"),
+        "sink_failing": (
+            "Kênh gửi cảnh báo {place}: không gửi được {duration}",
+            "Kênh gửi cảnh báo {place}: đã gửi lại được sau {duration}",
+        ),
+        _FALLBACK: ("{place}: {kind} ({severity})", "{place}: hết {kind} sau {duration}"),
     },
     "en": {
-        "endpoint_down": Template(
-            summary="{place}: down for {duration}",
-            resolved="{place}: back up after {duration}",
+        "endpoint_down": ("{place}: down for {duration}", "{place}: back up after {duration}"),
+        "group_down": (
+            "{place} uplink down — {affected_count} of {total} {children} unreachable",
+            "{place} uplink back up after {duration}",
         ),
-        "group_down": Template(
-            summary="{place} uplink down — {affected_count} of {total} {children} unreachable",
-            resolved="{place} uplink back after {duration}; {total} {children} reachable again",
+        "district_down": (
+            "{place}: {affected_count} of {total} {children} down at once",
+            "{place}: widespread outage over after {duration}",
         ),
-        "district_down": Template(
-            summary="{place}: {affected_count} of {total} endpoints down at once",
-            resolved="{place}: endpoints back after {duration}",
+        "flapping": (
+            "{place}: flapping ({flap_pct}% state changes)",
+            "{place}: stopped flapping, {settled}",
         ),
-        "flapping": Template(
-            summary="{place}: flapping ({flap_pct}% state changes)",
-            resolved="{place}: stopped flapping, {settled}",
+        "loss_high": (
+            "{place}: loss {value} ({severity} threshold {threshold})",
+            "{place}: loss back to normal after {duration}",
         ),
-        "loss_high": Template(
-            summary="{place}: packet loss {value} (threshold {threshold}, {severity})",
-            resolved="{place}: packet loss back to {value}",
+        "latency_high": (
+            "{place}: latency {value} ({severity} threshold {threshold})",
+            "{place}: latency back to normal after {duration}",
         ),
-        "latency_high": Template(
-            summary="{place}: latency {value} (threshold {threshold}, {severity})",
-            resolved="{place}: latency back to {value}",
+        "jitter_high": (
+            "{place}: jitter {value} ({severity} threshold {threshold})",
+            "{place}: jitter back to normal after {duration}",
         ),
-        "jitter_high": Template(
-            summary="{place}: jitter {value} (threshold {threshold}, {severity})",
-            resolved="{place}: jitter back to {value}",
+        "mos_low": (
+            "{place}: call quality low, MOS {value} ({severity} threshold {threshold})",
+            "{place}: call quality back to normal after {duration}",
         ),
-        "mos_low": Template(
-            summary="{place}: call quality low, MOS {value} (threshold {threshold})",
-            resolved="{place}: call quality back, MOS {value}",
+        "sink_failing": (
+            "Alert sink {place}: failing to deliver for {duration}",
+            "Alert sink {place}: delivering again after {duration}",
         ),
-        "*": Template(summary="{place}: {kind} ({severity})", resolved="{place}: {kind} ended"),
+        _FALLBACK: ("{place}: {kind} ({severity})", "{place}: {kind} cleared after {duration}"),
     },
 }
 
@@ -121,41 +134,70 @@ _WORDS: Final = {
         "warning": "cảnh báo",
         "up": "hoạt động bình thường",
         "down": "mất kết nối",
-        "commune": "xã",
-        "district": "huyện",
-        "department": "đơn vị",
-        "mixed": "đơn vị",
         "more": "… và {n} điểm khác",
+        "endpoint": "Điểm cầu",
+        "what": "Loại: {kind} · mức: {severity}",
         "since": "Bắt đầu",
-        "affected": "Ảnh hưởng",
+        "ended": "Kết thúc",
+        "lasted": "kéo dài",
         "measured": "Đo được",
+        "affected": "Ảnh hưởng",
+        "rtt_ms": "độ trễ",
+        "jitter_ms": "jitter",
+        "loss_pct": "mất gói",
+        "mos": "MOS",
     },
     "en": {
         "critical": "critical",
         "warning": "warning",
         "up": "now up",
         "down": "now down",
-        "commune": "communes",
-        "district": "districts",
-        "department": "units",
-        "mixed": "endpoints",
         "more": "… and {n} more",
+        "endpoint": "Endpoint",
+        "what": "Kind: {kind} · severity: {severity}",
         "since": "Since",
-        "affected": "Affected",
+        "ended": "Ended",
+        "lasted": "lasted",
         "measured": "Measured",
+        "affected": "Affected",
+        "rtt_ms": "RTT",
+        "jitter_ms": "jitter",
+        "loss_pct": "loss",
+        "mos": "MOS",
     },
 }
 
-_UNITS: Final = {"loss_pct": "%", "rtt_ms": " ms", "jitter_ms": " ms", "mos": ""}
-_PREFIXES: Final = ("UBND ", "Phòng họp ", "Ủy ban nhân dân ")
-_UNIT_TYPES_EN: Final = {
-    "xã": "commune",
-    "phường": "ward",
-    "thị trấn": "township",
-    "huyện": "district",
-    "thành phố": "city",
-    "thị xã": "town",
+# Nouns for the children of a group_down, by detail["child_level"]: (vi, en one, en many).
+# Without a child level (district_down) the children are just endpoints.
+_CHILDREN: Final = {
+    "commune": ("xã", "commune", "communes"),
+    "district": ("huyện", "district", "districts"),
+    "department": ("đơn vị", "unit", "units"),
+    "mixed": ("đơn vị", "unit", "units"),
+    "": ("điểm", "endpoint", "endpoints"),
 }
+
+# Metric of each quality kind, its unit and the decimals people read it with.
+_METRIC_OF: Final = {
+    "loss_high": "loss_pct",
+    "latency_high": "rtt_ms",
+    "jitter_high": "jitter_ms",
+    "mos_low": "mos",
+}
+_UNITS: Final = {"loss_pct": "%", "rtt_ms": " ms", "jitter_ms": " ms", "mos": ""}
+_DECIMALS: Final = {"loss_pct": 1, "rtt_ms": 1, "jitter_ms": 1, "mos": 2}
+
+# Words an inventory name starts with that are not part of the place: "UBND xã Đồng Tiến".
+_PREFIXES: Final = (
+    "ubnd ",
+    "ủy ban nhân dân ",
+    "uỷ ban nhân dân ",
+    "phòng họp trực tuyến ",
+    "phòng họp ",
+    "điểm cầu ",
+)
+_COMMUNE_UNITS: Final = {"thị trấn": "township", "phường": "ward", "xã": "commune"}
+_DISTRICT_UNITS: Final = {"thành phố": "city", "thị xã": "town", "huyện": "district"}
 
 
 class TemplateError(ValueError):
@@ -163,64 +205,119 @@ class TemplateError(ValueError):
 
 
 def placeholders() -> dict[str, str]:
-    """Every placeholder a template may use, with its meaning."""
+    """Every placeholder a template may use, with its one-line meaning."""
     return dict(_PLACEHOLDERS)
 
 
 def _check(locale: str, kind: str, field: str, text: str) -> None:
+    where = f"alerts.templates.{locale}.{kind}.{field}"
+    known = ", ".join(sorted(_PLACEHOLDERS))
+
+    def unknown(name: str) -> TemplateError:
+        return TemplateError(f"{where}: unknown placeholder {{{name}}} (expected one of: {known})")
+
     try:
-        parsed = list(string.Formatter().parse(text))
+        names = [name for _, name, _, _ in _FORMATTER.parse(text) if name is not None]
     except ValueError as exc:
-        raise TemplateError(f"alerts.templates.{locale}.{kind}.{field}: {exc}") from None
-    for _, name, _, _ in parsed:
-        if name is not None and name not in _PLACEHOLDERS:
-            known = ", ".join(sorted(_PLACEHOLDERS))
+        raise TemplateError(f"{where}: bad template {text!r}: {exc}") from None
+    for name in names:
+        if name == "":
             raise TemplateError(
-                f"alerts.templates.{locale}.{kind}.{field}: unknown placeholder {{{name}}} "
-                f"(expected one of: {known})"
+                f"{where}: empty placeholder {{}} in {text!r} (name it, e.g. {{place}}; "
+                "write {{ and }} for literal braces)"
             )
+        if name not in _PLACEHOLDERS:  # also refuses {place.attr} and {place[0]}
+            raise unknown(name)
+    try:
+        text.format_map(_SAMPLE)
+    except KeyError as exc:  # a placeholder nested in a format spec: {value:{width}}
+        raise unknown(str(exc.args[0])) from None
+    except (ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise TemplateError(f"{where}: bad template {text!r}: {exc}") from None
 
 
-def _number(value: float, locale: str) -> str:
-    text = f"{value:.1f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:.0f}"
+def format_number(value: object, locale: str, decimals: int = 1) -> str:
+    """A figure as people write it: '12,5' (vi) or '12.5' (en); '—' when there is none."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _MISSING
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        return _MISSING
+    text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    if text == "-0":
+        text = "0"
     return text.replace(".", ",") if locale == "vi" else text
 
 
 def duration_words(seconds: float, locale: str) -> str:
-    """'45 giây', '3 phút', '1 giờ 5 phút' (vi) or '45 s', '3 min', '1 h 5 min' (en)."""
-    s = max(0, round(seconds))
-    sec, minute, hour = ("giây", "phút", "giờ") if locale == "vi" else ("s", "min", "h")
+    """'45 giây', '3 phút', '1 giờ 5 phút', '2 ngày 3 giờ' (vi); '45 s', '3 min', '1 h 5 min',
+    '2 d 3 h' (en). Whole units, rounded down."""
+    if not math.isfinite(seconds):
+        return _MISSING
+    vi = locale == "vi"
+    sec, minute, hour, day = ("giây", "phút", "giờ", "ngày") if vi else ("s", "min", "h", "d")
+    s = max(0, int(seconds))
     if s < 60:
         return f"{s} {sec}"
-    hours, minutes = divmod(s // 60, 60)
-    if hours == 0:
-        return f"{minutes} {minute}"
-    return f"{hours} {hour}" + (f" {minutes} {minute}" if minutes else "")
+    minutes, hours, days = s // 60 % 60, s // 3600 % 24, s // 86400
+    if days:
+        return f"{days} {day}" + (f" {hours} {hour}" if hours else "")
+    if hours:
+        return f"{hours} {hour}" + (f" {minutes} {minute}" if minutes else "")
+    return f"{minutes} {minute}"
+
+
+def _strip_words(text: str, words: Sequence[str]) -> tuple[str, str]:
+    """``text`` without the leading words of ``words`` (case-insensitive), and the last one
+    removed ('' if none)."""
+    removed = ""
+    while True:
+        for word in words:
+            if text[: len(word)].casefold() == word:
+                text, removed = text[len(word) :].lstrip(), word.strip()
+                break
+        else:
+            return text, removed
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def place(target: Target, locale: str) -> str:
-    """The place as people say it: 'Xã Đồng Tiến, huyện Cô Tô' / 'Đồng Tiến commune, …'."""
-    name = target.name
-    for prefix in _PREFIXES:
-        if name.startswith(prefix):
-            name = name[len(prefix) :]
-            break
+    """The place as people say it: 'Xã Đồng Tiến, huyện Cô Tô' / 'Đồng Tiến commune, Cô Tô
+    district'; departments and the province by their own name."""
+    vi = locale == "vi"
+    name = unicodedata.normalize("NFC", target.name).strip() or target.id
+    district = unicodedata.normalize("NFC", target.district).strip()
+    labels = {
+        k: unicodedata.normalize("NFC", v).strip().casefold() for k, v in target.labels.items()
+    }
+    bare, _ = _strip_words(name, _PREFIXES)
     if target.level == "commune":
-        unit = target.labels.get("unit_type", "")
-        if unit and name.lower().startswith(unit.lower() + " "):
-            name = name[len(unit) + 1 :]
-        elif not unit:
-            first = name.split(" ")[0].lower()
-            unit = first if first in ("xã", "phường") else "xã"
-            if first in ("xã", "phường"):
-                name = name[len(first) + 1 :]
-        if locale == "vi":
-            return f"{unit[:1].upper()}{unit[1:]} {name}, huyện {target.district}"
-        return f"{name} {_UNIT_TYPES_EN.get(unit, 'commune')}, {target.district} district"
-    if target.level == "district":
-        if target.id.startswith("district:"):
-            return f"Huyện {target.district}" if locale == "vi" else f"{target.district} district"
-        return name[:1].upper() + name[1:] if locale == "vi" else f"{target.district} district"
+        bare, own_unit = _strip_words(bare, [f"{u} " for u in _COMMUNE_UNITS])
+        unit = labels.get("unit_type") or own_unit or "xã"
+        # A ward (phường) is never in a huyện; without the district's own kind in the
+        # `district_type` label, naming none is better than naming the wrong one.
+        d_unit = labels.get("district_type") or ("" if unit == "phường" else "huyện")
+        if vi:
+            where = f"{d_unit} {district}".strip() if district else ""
+            here = f"{_cap(unit)} {bare}"
+        else:
+            where = f"{district} {_DISTRICT_UNITS.get(d_unit, '')}".strip() if district else ""
+            here = f"{bare} {_COMMUNE_UNITS.get(unit, 'commune')}"
+        return f"{here}, {where}" if where else here
+    if target.level == "district" and district:
+        _, own_unit = _strip_words(bare, [f"{u} " for u in _DISTRICT_UNITS])
+        unit = labels.get("unit_type", "")
+        if unit not in _DISTRICT_UNITS:
+            unit = own_unit or labels.get("district_type") or "huyện"
+        if vi:
+            return f"{_cap(unit)} {district}"
+        return f"{district} {_DISTRICT_UNITS.get(unit, 'district')}"
     return name
 
 
@@ -230,28 +327,39 @@ class Messages:
     def __init__(
         self,
         locale: str = "vi",
-        overrides: Mapping[Any, Mapping[str, Template]] | None = None,
+        overrides: Mapping[Locale, Mapping[str, Template]]
+        | Mapping[str, Mapping[str, Template]]
+        | None = None,
         timezone: str = "Asia/Ho_Chi_Minh",
     ) -> None:
-        self.locale = locale if locale in _BUILTIN else "vi"
+        if locale not in _BUILTIN:
+            raise ValueError(f"unknown locale {locale!r} (expected one of: en, vi)")
+        self.locale = locale
         self.zone = zoneinfo.ZoneInfo(timezone)
-        for loc, kinds in (overrides or {}).items():
-            for kind, template in kinds.items():
+        self._own: dict[str, Template] = {}
+        kinds = {k.value for k in Kind}
+        # Every locale is checked, not only the one in use: switching `alerts.locale` must not
+        # turn a config that loaded into one that does not.
+        for loc, templates in (overrides or {}).items():
+            for kind, template in templates.items():
+                if kind not in kinds:
+                    raise TemplateError(
+                        f"alerts.templates.{loc}.{kind}: unknown alert kind "
+                        f"(expected one of: {', '.join(sorted(kinds))})"
+                    )
                 for field in ("summary", "description", "resolved"):
                     text = getattr(template, field)
                     if text is not None:
                         _check(loc, kind, field, text)
-        self._overrides = dict((overrides or {}).get(self.locale, {}))
+                if loc == locale:
+                    self._own[kind] = template
 
-    def _template(self, kind: str, field: str) -> str | None:
-        own = self._overrides.get(kind)
-        if own is not None and getattr(own, field) is not None:
-            text: str | None = getattr(own, field)
-            return text
-        builtin = _BUILTIN[self.locale]
-        template = builtin.get(kind) or builtin["*"]
-        text = getattr(template, field)
-        return text
+    def acknowledged(self, summary: str, by: str, comment: str) -> str:
+        """The summary of an acknowledgement: who took the alert, and what they said."""
+        said = f" — {comment}" if comment else ""
+        if self.locale == "vi":
+            return f"Đã xác nhận bởi {by}{said}: {summary}"
+        return f"Acknowledged by {by}{said}: {summary}"
 
     def render(
         self,
@@ -266,20 +374,102 @@ class Messages:
         at: float,
         detail: Mapping[str, Any],
     ) -> tuple[str, str]:
-        """(summary, description) of one event."""
+        """(summary, description) of one event; any kind renders, unknown ones generically."""
+        name = str(kind)  # the value of a Kind; a plain string works as well
+        resolved = status == Status.RESOLVED
+        since = detail.get("failing_since")
+        if isinstance(since, bool) or not isinstance(since, int | float):
+            since = started_at
+        values = self._values(name, severity, target, affected, measurements, since, at, detail)
+        own = self._own.get(name)
+        builtin = _BUILTIN[self.locale].get(name) or _BUILTIN[self.locale][_FALLBACK]
+        text = (own.resolved if resolved else own.summary) if own is not None else None
+        summary = (text or builtin[resolved]).format_map(values)
+        if own is not None and own.description is not None:
+            return summary, own.description.format_map(values)
+        description = self._description(
+            summary, values, target, affected, measurements, at, resolved
+        )
+        return summary, description
+
+    def _local(self, ts: float) -> str:
+        try:
+            local = dt.datetime.fromtimestamp(ts, self.zone)
+        except (OverflowError, OSError, ValueError):
+            return _MISSING
+        if self.locale == "vi":
+            return local.strftime("%H:%M %d/%m/%Y")
+        return local.isoformat(sep=" ", timespec="minutes")
+
+    def _figure(self, value: object, metric: str) -> str:
+        text = format_number(value, self.locale, _DECIMALS.get(metric, 1))
+        return text if text == _MISSING else text + _UNITS.get(metric, "")
+
+    def _values(
+        self,
+        kind: str,
+        severity: Severity,
+        target: Target,
+        affected: Sequence[str],
+        measurements: Measurements,
+        since: float,
+        at: float,
+        detail: Mapping[str, Any],
+    ) -> dict[str, str]:
+        loc = self.locale
+        words = _WORDS[loc]
+        metric = str(detail.get("metric") or _METRIC_OF.get(kind, ""))
+        total = detail.get("total")
+        vi_noun, one, many = _CHILDREN.get(str(detail.get("child_level", "")), _CHILDREN["mixed"])
+        settled = detail.get("settled")
+        return {
+            "place": place(target, loc),
+            "name": target.name,
+            "id": target.id,
+            "district": target.district,
+            "level": target.level,
+            "address": target.address,
+            "kind": kind,
+            "severity": words.get(str(severity), str(severity)),
+            "duration": duration_words(at - since, loc),
+            "started_local": self._local(since),
+            "affected_count": str(len(affected)),
+            "total": format_number(total, loc),
+            "children": vi_noun if loc == "vi" else (one if total == 1 else many),
+            "value": self._figure(detail.get("value"), metric),
+            "threshold": self._figure(detail.get("threshold"), metric),
+            "flap_pct": format_number(detail.get("flap_pct"), loc),
+            "settled": words[settled] if settled in ("up", "down") else _MISSING,
+            "rtt_ms": format_number(measurements.rtt_ms, loc, _DECIMALS["rtt_ms"]),
+            "jitter_ms": format_number(measurements.jitter_ms, loc, _DECIMALS["jitter_ms"]),
+            "loss_pct": format_number(measurements.loss_pct, loc, _DECIMALS["loss_pct"]),
+            "mos": format_number(measurements.mos, loc, _DECIMALS["mos"]),
+        }
+
+    def _description(
+        self,
+        summary: str,
+        values: Mapping[str, str],
+        target: Target,
+        affected: Sequence[str],
+        measurements: Measurements,
+        at: float,
+        resolved: bool,
+    ) -> str:
         words = _WORDS[self.locale]
-        values = self._values(kind, severity, target, affected, measurements, started_at, at,
-                              detail)  # fmt: skip
-        field = "summary" if status is Status.FIRING else "resolved"
-        summary = (self._template(kind.value, field) or "").format(**values)
-        own = self._template(kind.value, "description")
-        if own is not None:
-            return summary, own.format(**values)
-        lines = [summary, f"{words['since']}: {values['started_local']}"]
+        lines = [summary]
+        if not target.id.startswith(_PSEUDO_PREFIXES):
+            ident = ", ".join(x for x in (target.id, target.address) if x)
+            lines.append(f"{words['endpoint']}: {target.name} ({ident})")
+        lines.append(words["what"].format(kind=values["kind"], severity=values["severity"]))
+        lines.append(f"{words['since']}: {values['started_local']}")
+        if resolved:
+            lasted = f"{words['lasted']} {values['duration']}"
+            lines.append(f"{words['ended']}: {self._local(at)} ({lasted})")
         figures = [
-            f"{name} {values[name]}"
-            for name in ("rtt_ms", "jitter_ms", "loss_pct", "mos")
-            if values[name] != "—"
+            f"{words[metric]} {self._figure(getattr(measurements, metric), metric)}"
+            for metric in ("rtt_ms", "jitter_ms", "loss_pct", "mos")
+            if getattr(measurements, metric) is not None
         ]
         if figures:
             lines.append(f"{words['measured']}: " + ", ".join(figures))
@@ -288,49 +478,4 @@ class Messages:
             if len(affected) > 20:
                 shown += " " + words["more"].format(n=len(affected) - 20)
             lines.append(f"{words['affected']} ({len(affected)}): {shown}")
-        return summary, "\n".join(lines)
-
-    def _values(
-        self,
-        kind: Kind,
-        severity: Severity,
-        target: Target,
-        affected: Sequence[str],
-        measurements: Measurements,
-        started_at: float,
-        at: float,
-        detail: Mapping[str, Any],
-    ) -> dict[str, Any]:
-        loc = self.locale
-        words = _WORDS[loc]
-        since = detail.get("failing_since") or started_at
-        local = dt.datetime.fromtimestamp(started_at, self.zone)
-        metric = str(detail.get("metric", ""))
-        unit = _UNITS.get(metric, "")
-
-        def fig(value: object, unit: str = "") -> str:
-            return f"{_number(float(value), loc)}{unit}" if isinstance(value, int | float) else "—"
-
-        return {
-            "place": place(target, loc),
-            "name": target.name,
-            "id": target.id,
-            "district": target.district,
-            "level": target.level,
-            "address": target.address,
-            "kind": kind.value,
-            "severity": words[severity.value],
-            "duration": duration_words(at - float(since), loc),
-            "started_local": local.strftime("%H:%M %d/%m/%Y" if loc == "vi" else "%Y-%m-%d %H:%M"),
-            "affected_count": len(affected),
-            "total": detail.get("total", len(affected)),
-            "children": words.get(str(detail.get("child_level", "mixed")), words["mixed"]),
-            "value": fig(detail.get("value"), unit),
-            "threshold": fig(detail.get("threshold"), unit),
-            "flap_pct": detail.get("flap_pct", "—"),
-            "settled": words.get(str(detail.get("settled", "up")), words["up"]),
-            "rtt_ms": fig(measurements.rtt_ms),
-            "jitter_ms": fig(measurements.jitter_ms),
-            "loss_pct": fig(measurements.loss_pct),
-            "mos": fig(measurements.mos),
-        }
+        return "\n".join(lines)
