@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBS := fping iproute2 procps prometheus-alertmanager
 
-.PHONY: demo test lint typecheck unit bench-accuracy bench-cost bench-scale clean debs
+.PHONY: demo test lint typecheck unit bench-accuracy bench-cost bench-scale bench-delivery clean debs
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench-cost: $(STAMP) debs
 
 bench-scale: $(STAMP) debs
 	$(BIN)/python -m bench.scale
+
+bench-delivery: $(STAMP)
+	$(BIN)/python -m bench.delivery
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 BATCH: Final = 200  # events read from the log at a time
 RECHECK: Final = 5.0  # s between looks at the cursor when no event wakes the dispatcher
+# The cursor is written at the end of a batch or every SAVE_EVERY s within one, not after
+# every event: each write is an fsync. A crash re-sends at most that much, and receivers
+# dedupe by event id (delivery is at least once).
+SAVE_EVERY: Final = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +102,12 @@ class Dispatcher:
             # A new sink starts with what happens from now on, not years of history.
             cursor = self.store.last_seq()
             self.store.advance(name, cursor)
+        saved = cursor
         try:
             while True:
                 self._wake.clear()
                 # Re-read: `vcmon outbox retry` may have moved it back from another process.
-                cursor = self.store.cursor(name) or 0
+                cursor = saved = self.store.cursor(name) or 0
                 batch = self.store.entries(cursor, BATCH)
                 self.stats.pending = max(0, self.store.last_seq() - cursor)
                 if not batch:
@@ -110,6 +115,7 @@ class Dispatcher:
                         async with asyncio.timeout(RECHECK):
                             await self._wake.wait()
                     continue
+                last_save = time.monotonic()
                 for decided, doc in batch:
                     outcome = await self._deliver(doc, decided) if self.route(doc) else None
                     if isinstance(outcome, Gone):
@@ -118,10 +124,19 @@ class Dispatcher:
                               reason=outcome.reason, detail=outcome.detail)  # fmt: skip
                         return
                     cursor = int(doc["seq"])
-                    dead = outcome.reason if isinstance(outcome, Reject) else None
-                    self.store.advance(name, cursor, dead, self.clock())
-                    self.stats.pending = max(0, self.store.last_seq() - cursor)
+                    self.stats.pending = max(0, self.stats.pending - 1)
+                    if isinstance(outcome, Reject):
+                        self.store.advance(name, cursor, outcome.reason, self.clock())
+                        saved = cursor
+                    elif time.monotonic() - last_save >= SAVE_EVERY:
+                        self.store.advance(name, cursor)
+                        saved, last_save = cursor, time.monotonic()
+                if cursor != saved:
+                    self.store.advance(name, cursor)
+                    saved = cursor
         finally:
+            if cursor != saved:  # stopped mid-batch: keep what was acknowledged
+                self.store.advance(name, cursor)
             if self._started:
                 await self.sink.close()
 
