@@ -119,3 +119,24 @@ async def test_a_malformed_alert_is_rejected(alertmanager: str) -> None:
         await sink.send(bad)
     assert caught.value.reason == "http_400"
     await sink.close()
+
+
+async def test_alerts_test_reports_each_receiver(alertmanager: str, tmp_path: Path) -> None:
+    from vcmon.config import load_config
+    from vcmon.outbox_cli import send_test
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    path = tmp_path / "vcmon.yaml"
+    path.write_text(
+        f"sinks:\n  - {{type: alertmanager, name: am, url: '{alertmanager}'}}\n"
+        f"  - {{type: alertmanager, name: gone, url: '{dead}', timeout: 1}}\n"
+        "endpoints:\n  - {id: a, name: A, address: 127.0.0.1, district: X, level: commune}\n",
+        encoding="utf-8",
+    )
+    results = {r.sink: r for r in await send_test(load_config(path, env={}))}
+    assert results["am"].ok
+    assert results["am"].detail == "acknowledged"
+    assert not results["gone"].ok
+    assert results["gone"].detail.startswith("connect")
+    # The test alert was resolved right after it fired: nothing is left active.
+    assert not [a for a in active(alertmanager) if a["labels"]["alertname"] == "test"]
