@@ -454,7 +454,11 @@ def _demo_view(snap: Snapshot, urls: tuple[str, str]) -> Group:
     lines = [f"metrics {urls[0]}   status {urls[1]}   Ctrl-C stops"]
     if snap.scenario is not None:
         lines.append(f"scenario {snap.scenario}: " + ("; ".join(snap.active) or "quiet for now"))
-    return Group(Text("\n".join(lines)), table)
+    firing = Text(f"firing alerts: {len(snap.alerts)}" if snap.alerts else "no alert firing")
+    for severity, what in snap.alerts[:8]:
+        firing.append(f"\n  {severity:<8} {what}", style="bold red" if severity == "critical"
+                      else "yellow")  # fmt: skip
+    return Group(Text("\n".join(lines)), firing, table)
 
 
 def _demo_line(snap: Snapshot) -> str:

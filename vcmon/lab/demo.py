@@ -139,6 +139,7 @@ class Snapshot:
     elapsed: float
     scenario: str | None
     active: tuple[str, ...] = field(default=())
+    alerts: tuple[tuple[str, str], ...] = field(default=())  # (severity, summary) now firing
 
     @property
     def totals(self) -> tuple[int, int, int]:
@@ -217,9 +218,18 @@ async def run(
         while True:
             active = progress[0].active if progress else ()
             name = plan.scenario.scenario.name if plan.scenario is not None else None
+            firing = tuple(
+                (a.severity.value, f"{a.kind.value} {a.target.name}")
+                for a in (daemon.alerts.alerts() if daemon.alerts is not None else [])
+                if a.notified
+            )
             on_tick(
                 Snapshot(
-                    tuple(district_rows(daemon.results)), time.monotonic() - started, name, active
+                    tuple(district_rows(daemon.results)),
+                    time.monotonic() - started,
+                    name,
+                    active,
+                    firing,
                 )
             )
             await asyncio.sleep(tick)
