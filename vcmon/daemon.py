@@ -142,7 +142,9 @@ class Daemon:
             event(log, logging.ERROR, "config_reload_failed", error=str(exc))
             return False
         restart_needed = [
-            name for name in ("listen", "icmp") if getattr(new, name) != getattr(self.config, name)
+            name
+            for name in ("listen", "icmp", "sinks")
+            if getattr(new, name) != getattr(self.config, name)
         ]
         if restart_needed:
             event(log, logging.WARNING, "config_reload_partial",
