@@ -60,12 +60,14 @@ def daemon(tmp_path: Path, require_root: None) -> Iterator[Running]:
     port = free_port()
     path = tmp_path / "vcmon.yaml"
     path.write_text(_config(port, ENDPOINTS), encoding="utf-8")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vcmon", "run", "-c", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # Logs and console alerts to a file: an undrained pipe would block the daemon once full.
+    with (tmp_path / "daemon.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vcmon", "run", "-c", str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     run = Running(proc, port, path)
     try:
         wait_for(lambda: run.get("/-/ready").status_code == 200, 15, "daemon ready")
@@ -106,7 +108,7 @@ def test_sigterm_stops_within_two_seconds(daemon: Running) -> None:
     code = daemon.proc.wait(5)
     assert time.monotonic() - start < 2.0
     assert code == 0
-    _, stderr = daemon.proc.communicate()
+    stderr = (daemon.path.parent / "daemon.log").read_text(encoding="utf-8")
     assert "Traceback" not in stderr
     assert "event=stopped" in stderr
 
@@ -128,3 +130,31 @@ def test_sighup_reload_adds_endpoints_and_survives_a_broken_config(daemon: Runni
         10,
         "probing to go on with the old config",
     )
+
+
+def test_status_once_shows_the_live_province(
+    daemon: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vcmon import cli
+
+    def every_room_measured() -> bool:
+        doc = daemon.get("/api/v1/status").json()
+        return all(ep["last"] for ep in doc["endpoints"])
+
+    wait_for(every_room_measured, 15, "a round of every endpoint")
+    assert cli.main(["status", "--url", daemon.base, "--once", "--sort", "rtt"]) == 0
+    shown = capsys.readouterr().out
+    for ep in ("tinh", "ha-long", "v6", "by-name"):
+        assert ep in shown
+    assert "Hạ Long" in shown
+    assert "up 4" in shown
+    assert cli.main(["status", "-c", str(daemon.path), "--once", "--problems"]) == 0
+    assert "tinh" not in capsys.readouterr().out  # all up: nothing to show
+
+
+def test_status_of_a_daemon_that_is_not_there(capsys: pytest.CaptureFixture[str]) -> None:
+    from vcmon import cli
+
+    url = f"http://127.0.0.1:{free_port()}"
+    assert cli.main(["status", "--url", url, "--once"]) == 1
+    assert "is the daemon running?" in capsys.readouterr().err

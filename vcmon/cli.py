@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -21,6 +21,8 @@ from rich.text import Text
 
 from vcmon import __version__, logs
 from vcmon.config import Config, ConfigError, Level, load_config
+from vcmon.status_view import SORT_KEYS
+from vcmon.status_view import View as StatusView
 
 if TYPE_CHECKING:
     from vcmon.lab.control import LabHome, LabStatus
@@ -552,6 +554,81 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- status of a running daemon ---------------------------------------------------------------
+
+_STATE_STYLE = {
+    "up": "green",
+    "degraded": "yellow",
+    "down": "bold red",
+    "unreachable": "magenta",
+    "flapping": "bold yellow",
+    "maintenance": "blue",
+}
+
+
+def _status_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    config = _load(args.config)
+    return f"http://{config.listen}"
+
+
+def _status_view(view: StatusView) -> Group:
+    counts = view.counts()
+    head = Text(f"vcmon {view.instance}   ")
+    for state, n in sorted(counts.items()):
+        head.append(f"{state} {n}  ", style=_STATE_STYLE.get(state, ""))
+    parts: list[Any] = [head]
+    if view.alerts:
+        alerts = Table(title=f"{len(view.alerts)} alerts firing", title_justify="left")
+        for col in ("severity", "kind", "endpoint", "affected", "summary", "held back by"):
+            alerts.add_column(col)
+        for a in view.alerts:
+            alerts.add_row(
+                Text(a.severity, style="bold red" if a.severity == "critical" else "yellow"),
+                a.kind, a.endpoint, str(a.affected or ""), a.summary, a.suppressed_by or "",
+            )  # fmt: skip
+        parts.append(alerts)
+    table = Table()
+    for col in ("district", "endpoint", "name", "state", "RTT ms", "jitter ms", "loss %", "MOS"):
+        table.add_column(col, justify="right" if col.endswith(("ms", "%", "MOS")) else "left")
+    for district, rows in view.groups:
+        for i, r in enumerate(rows):
+            table.add_row(
+                district if i == 0 else "",
+                r.id,
+                r.name,
+                Text(r.state or "—", style=_STATE_STYLE.get(r.state or "", "")),
+                _opt(r.rtt_ms), _opt(r.jitter_ms), _opt(r.loss_pct), _opt(r.mos),
+            )  # fmt: skip
+        table.add_section()
+    parts.append(table)
+    return Group(*parts)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from vcmon import status_view
+
+    url = _status_url(args)
+
+    def current() -> StatusView:
+        status, alerts = status_view.fetch(url)
+        view = status_view.build(status, alerts, args.sort)
+        return status_view.only_trouble(view) if args.problems else view
+
+    try:
+        if args.once:
+            out.print(_status_view(current()))
+            return EXIT_OK
+        with Live(_status_view(current()), console=out, auto_refresh=False) as live:
+            while True:
+                time.sleep(1.0)  # the refresh cadence of a live view
+                live.update(_status_view(current()), refresh=True)
+    except status_view.StatusUnavailable as exc:
+        err.print(f"vcmon: {exc}; is the daemon running?", markup=False)
+        return EXIT_FAILURE
+
+
 # --- the outbox ---------------------------------------------------------------------------------
 
 
@@ -688,6 +765,15 @@ def parser() -> argparse.ArgumentParser:
         help="seconds between summary lines when stdout is no terminal (5)",
     )
     dem.set_defaults(func=cmd_demo)
+
+    st = sub.add_parser("status", help="live view of a running daemon (its status API)")
+    where = st.add_mutually_exclusive_group(required=True)
+    where.add_argument("-c", "--config", help="config file of the daemon (for its listen address)")
+    where.add_argument("--url", help="the daemon's base URL, e.g. http://127.0.0.1:9231")
+    st.add_argument("--once", action="store_true", help="print one table and exit (for scripts)")
+    st.add_argument("--sort", default="state", choices=SORT_KEYS, help="order within a district")
+    st.add_argument("--problems", action="store_true", help="only endpoints that are not up")
+    st.set_defaults(func=cmd_status)
 
     box = sub.add_parser("outbox", help="what each sink still has to deliver; dead letters")
     box.add_argument("-c", "--config", required=True, help="config file (YAML)")
