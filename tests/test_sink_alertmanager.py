@@ -140,3 +140,20 @@ async def test_alerts_test_reports_each_receiver(alertmanager: str, tmp_path: Pa
     assert results["gone"].detail.startswith("connect")
     # The test alert was resolved right after it fired: nothing is left active.
     assert not [a for a in active(alertmanager) if a["labels"]["alertname"] == "test"]
+
+
+def test_alerts_test_command_exit_status(
+    alertmanager: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vcmon import cli
+
+    path = tmp_path / "vcmon.yaml"
+    body = "endpoints:\n  - {id: a, name: A, address: 127.0.0.1, district: X, level: commune}\n"
+    path.write_text(f"sinks: [{{type: alertmanager, url: '{alertmanager}'}}]\n" + body, "utf-8")
+    assert cli.main(["alerts", "test", "-c", str(path)]) == 0
+    assert "acknowledged" in capsys.readouterr().out
+    dead = f"http://127.0.0.1:{free_port()}"
+    path.write_text(f"sinks: [{{type: alertmanager, url: '{dead}', timeout: 1}}]\n" + body, "utf-8")
+    assert cli.main(["alerts", "test", "-c", str(path)]) == 1
+    assert "connect" in capsys.readouterr().out
+    assert cli.main(["alerts", "test", "-c", str(path), "--sink", "nope"]) == 2

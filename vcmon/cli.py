@@ -632,6 +632,27 @@ def cmd_status(args: argparse.Namespace) -> int:
 # --- the outbox ---------------------------------------------------------------------------------
 
 
+def cmd_alerts_test(args: argparse.Namespace) -> int:
+    from vcmon.outbox_cli import send_test
+
+    config = _load(args.config)
+    results = asyncio.run(send_test(config, args.sink))
+    if not results:
+        err.print(f"vcmon: no sink named {args.sink!r} in {config.source}", markup=False)
+        return EXIT_USAGE
+    table = Table(title="test alert (a firing and its resolve) through each sink")
+    for col in ("sink", "result", "seconds"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(
+            r.sink,
+            Text(r.detail, style="green" if r.ok else "bold red"),
+            f"{r.seconds:.3f}",
+        )
+    out.print(table)
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     import datetime as dt
 
@@ -765,6 +786,14 @@ def parser() -> argparse.ArgumentParser:
         help="seconds between summary lines when stdout is no terminal (5)",
     )
     dem.set_defaults(func=cmd_demo)
+
+    al = sub.add_parser("alerts", help="alert tools")
+    al_sub = al.add_subparsers(dest="alerts_command", required=True)
+    al_test = al_sub.add_parser("test", help="send a test alert through each sink; show what "
+                                "each receiver acknowledged")  # fmt: skip
+    al_test.add_argument("-c", "--config", required=True, help="config file (YAML)")
+    al_test.add_argument("--sink", help="only this sink")
+    al_test.set_defaults(func=cmd_alerts_test)
 
     st = sub.add_parser("status", help="live view of a running daemon (its status API)")
     where = st.add_mutually_exclusive_group(required=True)
