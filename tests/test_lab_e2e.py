@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -394,16 +395,22 @@ def test_demo_runs_lab_scenario_and_daemon_then_cleans_up(lab_env: Env, tmp_path
     assert_nothing_left(home, state)
 
 
-def test_demo_without_root_falls_back_to_loopback(require_root: None) -> None:
+def test_demo_without_root_falls_back_to_loopback(
+    require_root: None, request: pytest.FixtureRequest
+) -> None:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("needs setpriv (util-linux) to drop root")
     port = free_port()
+    # Where the unprivileged demo keeps its alert state (pytest's tmp is root's alone).
+    state = Path(tempfile.mkdtemp(prefix="vcmon-nobody-"))
+    state.chmod(0o777)
+    request.addfinalizer(lambda: shutil.rmtree(state, ignore_errors=True))
     proc = subprocess.Popen(
         [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
          "vcmon", "demo", "--listen", f"127.0.0.1:{port}", "--summary-every", "0.5"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, "COLUMNS": "300"},
+        env={**os.environ, "COLUMNS": "300", "XDG_STATE_HOME": str(state)},
     )  # fmt: skip
     out = Lines(proc.stdout)
     try:
