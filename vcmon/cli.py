@@ -634,6 +634,93 @@ def cmd_status(args: argparse.Namespace) -> int:
 # --- the outbox ---------------------------------------------------------------------------------
 
 
+def _api(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    """Call the daemon's API; exit 1 with one line when it cannot be reached or refuses."""
+    import httpx
+
+    url = _status_url(args)
+    try:
+        resp = httpx.request(method, url + path, json=body, timeout=5.0)
+    except httpx.HTTPError as exc:
+        err.print(f"vcmon: cannot reach vcmon at {url}: {exc}; is the daemon running?",
+                  markup=False)  # fmt: skip
+        raise SystemExit(EXIT_FAILURE) from None
+    doc = resp.json() if resp.content else {}
+    if resp.status_code >= 400:
+        err.print(f"vcmon: {doc.get('error', resp.text)}", markup=False)
+        raise SystemExit(EXIT_FAILURE)
+    return doc
+
+
+def _matchers_text(matchers: dict[str, Any]) -> str:
+    parts = [f"{k}={v!r}" for k, v in matchers.items() if k != "labels"]
+    parts += [f"{k}={v!r}" for k, v in (matchers.get("labels") or {}).items()]
+    return " ".join(parts)
+
+
+def cmd_silence(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    if args.silence_command == "add":
+        matchers: dict[str, Any] = {
+            k: getattr(args, k)
+            for k in ("endpoint", "district", "level", "kind", "severity")
+            if getattr(args, k)
+        }
+        labels = {}
+        for item in args.label or ():
+            key, sep, value = item.partition("=")
+            if not sep:
+                err.print(f"vcmon: --label {item!r}: expected NAME=VALUE", markup=False)
+                return EXIT_USAGE
+            labels[key] = value
+        if labels:
+            matchers["labels"] = labels
+        author = args.author or os.environ.get("USER") or "unknown"
+        doc = _api(args, "POST", "/api/v1/silences", {"matchers": matchers,
+                   "duration": args.duration, "comment": args.comment,
+                   "created_by": author})  # fmt: skip
+        out.print(doc["id"], markup=False)
+        return EXIT_OK
+    if args.silence_command == "expire":
+        _api(args, "DELETE", f"/api/v1/silences/{args.id}")
+        out.print(f"silence {args.id} expired", markup=False)
+        return EXIT_OK
+    docs = _api(args, "GET", "/api/v1/silences" + ("?expired=1" if args.expired else ""))
+    if args.json:
+        out.print(json.dumps(docs, ensure_ascii=False, indent=2), markup=False)
+        return EXIT_OK
+    table = Table(title=f"{len(docs['silences'])} silences")
+    for col in ("id", "matchers", "until", "by", "comment", "active"):
+        table.add_column(col)
+    for sd in docs["silences"]:
+        table.add_row(sd["id"], _matchers_text(sd["matchers"]), sd["ends_at"], sd["created_by"],
+                      sd["comment"], "yes" if sd["active"] else "no")  # fmt: skip
+    out.print(table)
+    return EXIT_OK
+
+
+def cmd_alerts_list(args: argparse.Namespace) -> int:
+    import json
+
+    docs = _api(args, "GET", "/api/v1/alerts")
+    if args.json:
+        out.print(json.dumps(docs, ensure_ascii=False, indent=2), markup=False)
+        return EXIT_OK
+    table = Table(title=f"{len(docs['alerts'])} open alerts")
+    for col in ("severity", "kind", "endpoint", "district", "since", "affected", "held back by"):
+        table.add_column(col)
+    for a in docs["alerts"]:
+        table.add_row(
+            Text(a["severity"], style="bold red" if a["severity"] == "critical" else "yellow"),
+            a["kind"], a["endpoint"]["id"], a["endpoint"]["district"], a["started_at"],
+            str(len(a["affected"]) or ""), a["suppressed_by"] or "",
+        )  # fmt: skip
+    out.print(table)
+    return EXIT_OK
+
+
 def cmd_alerts_test(args: argparse.Namespace) -> int:
     from vcmon.outbox_cli import send_test
 
@@ -693,6 +780,12 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             when = dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
             out.print(f"  {b.sink} dead letter #{seq}: {reason} at {when}", markup=False)
     return EXIT_OK
+
+
+def _daemon_address(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("-c", "--config", help="config file of the daemon (for its listen address)")
+    where.add_argument("--url", help="the daemon's base URL, e.g. http://127.0.0.1:9231")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -796,11 +889,34 @@ def parser() -> argparse.ArgumentParser:
     al_test.add_argument("-c", "--config", required=True, help="config file (YAML)")
     al_test.add_argument("--sink", help="only this sink")
     al_test.set_defaults(func=cmd_alerts_test)
+    al_list = al_sub.add_parser("list", help="open alerts of a running daemon")
+    _daemon_address(al_list)
+    al_list.add_argument("--json", action="store_true", help="the API's JSON")
+    al_list.set_defaults(func=cmd_alerts_list)
+
+    sil = sub.add_parser("silence", help="mute alerts for a while (through the daemon's API)")
+    sil_sub = sil.add_subparsers(dest="silence_command", required=True)
+    sil_add = sil_sub.add_parser("add", help="create a silence; prints its id")
+    _daemon_address(sil_add)
+    for name in ("endpoint", "district", "level", "kind", "severity"):
+        sil_add.add_argument(f"--{name}", help=f"match this {name} (exact, or ~regex)")
+    sil_add.add_argument("--label", action="append", metavar="NAME=VALUE", help="match a label")
+    sil_add.add_argument("--duration", required=True, help="how long: 90s, 30m, 2h, 1d, 1h30m")
+    sil_add.add_argument("--comment", required=True, help="why (shown to everyone)")
+    sil_add.add_argument("--author", help="who (default: $USER)")
+    sil_add.set_defaults(func=cmd_silence)
+    sil_list = sil_sub.add_parser("list", help="silences in force (--expired: also ended ones)")
+    _daemon_address(sil_list)
+    sil_list.add_argument("--expired", action="store_true")
+    sil_list.add_argument("--json", action="store_true", help="the API's JSON")
+    sil_list.set_defaults(func=cmd_silence)
+    sil_exp = sil_sub.add_parser("expire", help="end a silence now")
+    _daemon_address(sil_exp)
+    sil_exp.add_argument("id")
+    sil_exp.set_defaults(func=cmd_silence)
 
     st = sub.add_parser("status", help="live view of a running daemon (its status API)")
-    where = st.add_mutually_exclusive_group(required=True)
-    where.add_argument("-c", "--config", help="config file of the daemon (for its listen address)")
-    where.add_argument("--url", help="the daemon's base URL, e.g. http://127.0.0.1:9231")
+    _daemon_address(st)
     st.add_argument("--once", action="store_true", help="print one table and exit (for scripts)")
     st.add_argument("--sort", default="state", choices=SORT_KEYS, help="order within a district")
     st.add_argument("--problems", action="store_true", help="only endpoints that are not up")
@@ -820,5 +936,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except SystemExit as exc:  # a command's early exit with its status (bad config, no daemon)
+        return exc.code if isinstance(exc.code, int) else EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

@@ -86,7 +86,7 @@ class Daemon:
                     "config": str(cfg.source),
                     "icmp_mode": engine.mode,
                 }
-                api = Api(self.results, self.registry, info)
+                api = Api(self.results, self.registry, info, alerts=self.alerts)
                 server = await serve(api, cfg.listen)
                 try:
                     event(log, logging.INFO, "started", version=__version__, listen=cfg.listen,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
 
@@ -33,6 +35,7 @@ class Request:
     query: Mapping[str, list[str]]
     headers: Mapping[str, str]  # lower-case names
     body: bytes = b""
+    params: Mapping[str, str] = field(default_factory=dict)  # from {name} segments of the route
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +60,26 @@ class _BadRequest(Exception):
     pass
 
 
+def _pattern(path: str) -> re.Pattern[str]:
+    """'/api/v1/silences/{id}' → a regex with a named group per {name}, one segment each."""
+    parts = re.split(r"\{(\w+)\}", path)
+    regex = "".join(
+        f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part) for i, part in enumerate(parts)
+    )
+    return re.compile(regex)
+
+
 class HttpServer:
     """Serves ``routes`` ({(method, path): handler}); HEAD is answered for every GET route."""
 
     def __init__(self, routes: Mapping[tuple[str, str], Handler]) -> None:
-        self._routes = dict(routes)
+        self._routes = {k: v for k, v in routes.items() if "{" not in k[1]}
+        # Routes with {name} segments, each matching one path segment, tried after exact ones.
+        self._patterns = [
+            (method, _pattern(path), handler)
+            for (method, path), handler in routes.items()
+            if "{" in path
+        ]
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -146,8 +164,19 @@ class HttpServer:
     async def _dispatch(self, request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
         handler = self._routes.get((method, request.path))
+        allowed = sorted(m for m, p in self._routes if p == request.path)
         if handler is None:
-            allowed = sorted(m for m, p in self._routes if p == request.path)
+            for m, pattern, h in self._patterns:
+                found = pattern.fullmatch(request.path)
+                if found is None:
+                    continue
+                allowed.append(m)
+                if m == method:
+                    params = {k: unquote(v) for k, v in found.groupdict().items()}
+                    request = dataclasses.replace(request, params=params)
+                    handler = h
+                    break
+        if handler is None:
             if allowed:
                 return Response(
                     405, b"method not allowed\n", headers=(("Allow", ", ".join(allowed)),)
