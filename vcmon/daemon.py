@@ -72,6 +72,8 @@ class Daemon:
         self.delivery = Delivery(cfg, self.alerts.store, self.registry)
         self.alerts.listeners.append(self.delivery.notify)
         self.alerts.sink_status = self.delivery.failing
+        self.alerts.status_listeners.append(self.delivery.status_changed)
+        self.delivery.on_ack = self.alerts.ack_from
         try:
             engine = IcmpEngine(
                 mode=cfg.icmp.socket, max_rate=cfg.icmp.max_rate, payload_size=cfg.icmp.payload_size

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import random
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -14,7 +17,8 @@ from vcmon.alerts.model import Target, matches
 from vcmon.alerts.policy import Matchers
 from vcmon.alerts.store import Store
 from vcmon.config import Config
-from vcmon.outbox import Dispatcher, Route
+from vcmon.outbox import Backoff, Dispatcher, Route
+from vcmon.sinks.base import SinkError
 from vcmon.sinks.registry import build_sinks
 
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -62,6 +66,10 @@ class Delivery:
             for sink in sinks
         ]
         registry.register(DeliveryCollector(self.dispatchers))
+        # Endpoint status docs waiting to be published (the newest per endpoint), per sink.
+        self._statuses: dict[str, dict[str, dict[str, Any]]] = {}
+        self._status_wake: dict[str, asyncio.Event] = {}
+        self.on_ack: Callable[[str, Mapping[str, Any]], object] | None = None
         firing = store.firing_events()
         # Sinks with upkeep of their own (Alertmanager's re-posting), seeded from the log.
         self.upkeep: list[Callable[[], Coroutine[Any, Any, None]]] = []
@@ -72,6 +80,38 @@ class Delivery:
             maintain = getattr(sink, "maintain", None)
             if maintain is not None:
                 self.upkeep.append(maintain)
+            if hasattr(sink, "publish_status"):
+                self._statuses[sink.name] = {}
+                self._status_wake[sink.name] = asyncio.Event()
+                self.upkeep.append(functools.partial(self._publish_statuses, sink))
+
+    def status_changed(self, endpoint_id: str, doc: dict[str, Any]) -> None:
+        """An endpoint's state changed: sinks that keep a status (MQTT) publish it."""
+        for name, pending in self._statuses.items():
+            pending[endpoint_id] = doc
+            self._status_wake[name].set()
+
+    async def _publish_statuses(self, sink: Any) -> None:
+        """Publish status docs as they change, newest only; a broker away delays, loses none."""
+        pending, wake = self._statuses[sink.name], self._status_wake[sink.name]
+        if self.on_ack is not None and hasattr(sink, "subscribe_acks"):
+            await sink.subscribe_acks(self.on_ack)
+        backoff = Backoff()
+        attempt = 0
+        while True:
+            await wake.wait()
+            wake.clear()
+            while pending:
+                endpoint_id, doc = next(iter(pending.items()))
+                try:
+                    await sink.publish_status(endpoint_id, doc)
+                except SinkError:
+                    attempt += 1
+                    await asyncio.sleep(backoff.delay(attempt, random.Random()))  # a backoff
+                    continue
+                attempt = 0
+                if pending.get(endpoint_id) is doc:  # not replaced meanwhile
+                    del pending[endpoint_id]
 
     def failing(self) -> dict[str, float | None]:
         """Each sink's failing-since wall time, None while it delivers."""

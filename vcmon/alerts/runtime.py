@@ -12,10 +12,12 @@ import os
 import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from vcmon.alerts.engine import AlertEngine
-from vcmon.alerts.model import Alert, Changes, Silence
+from vcmon.alerts.engine import AlertEngine, measurements
+from vcmon.alerts.model import Alert, Changes, Silence, rfc3339
 from vcmon.alerts.policy import Matchers
 from vcmon.alerts.store import Store
 from vcmon.clock import Clock, SystemClock
@@ -58,6 +60,8 @@ class AlertRuntime:
         )
         self.events_written = 0
         self.listeners: list[Callable[[], None]] = []  # told after events are written
+        # Told (endpoint id, status doc) when an endpoint's state changes (MQTT retains it).
+        self.status_listeners: list[Callable[[str, dict[str, Any]], None]] = []
         # Each sink's failing-since time (None while it delivers), for sink_failing alerts.
         self.sink_status: Callable[[], Mapping[str, float | None]] = dict
         self.commit(self.engine.take_startup_changes())
@@ -76,6 +80,11 @@ class AlertRuntime:
         if changes is None or changes.empty():
             return
         self.store.apply(changes)
+        if self.status_listeners:
+            for rec in changes.health:
+                doc = self.status_doc(rec.endpoint_id)
+                for status_listener in self.status_listeners:
+                    status_listener(rec.endpoint_id, doc)
         if changes.events:
             for listener in self.listeners:
                 listener()
@@ -93,6 +102,30 @@ class AlertRuntime:
                 seq=ev.seq,
                 summary=ev.summary,
             )
+
+    def status_doc(self, endpoint_id: str) -> dict[str, Any]:
+        """An endpoint's current state and last figures, as MQTT's retained status carries."""
+        node = self.engine.nodes[endpoint_id]
+        return {
+            "endpoint": node.target.to_json(),
+            "state": node.state.value if node.state else None,
+            "since": rfc3339(node.since),
+            "measurements": asdict(measurements(node.last)),
+            "instance": self.engine.instance,
+        }
+
+    def ack_from(self, alert_id: str, payload: Mapping[str, Any]) -> None:
+        """An acknowledgement that arrived as a message (MQTT ``<prefix>/ack/<alert_id>``)."""
+        from vcmon.api import BadInput, parse_duration
+
+        by = str(payload.get("by") or "mqtt")
+        try:
+            duration = parse_duration(payload["duration"]) if payload.get("duration") else None
+        except BadInput as exc:
+            event(log, logging.WARNING, "ack_invalid", alert_id=alert_id, error=str(exc))
+            return
+        if self.ack(alert_id, by, str(payload.get("comment", "")), duration) is None:
+            event(log, logging.INFO, "ack_unknown_alert", alert_id=alert_id, by=by)
 
     def on_round(self, rec: EndpointRecord, obs: Observation) -> None:
         """Fold a finished round into the engine; the record shows the engine's state."""
