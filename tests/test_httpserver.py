@@ -87,3 +87,65 @@ async def test_close_drops_idle_keep_alive_connections(server: HttpServer) -> No
         await server.close()
         assert await reader.read() == b""
     writer.close()
+
+
+async def _params(request: Request) -> Response:
+    return text(200, " ".join(f"{k}={v}" for k, v in sorted(request.params.items())) + "\n")
+
+
+@pytest.fixture
+async def param_server() -> AsyncIterator[HttpServer]:
+    srv = HttpServer(
+        {
+            ("GET", "/things"): _params,
+            ("GET", "/things/{id}"): _params,
+            ("DELETE", "/things/{id}"): _params,
+            ("POST", "/things/{id}/notes/{note}"): _params,
+            ("GET", "/things/special"): _hello,  # an exact route wins over a pattern
+        }
+    )
+    await srv.start("127.0.0.1", 0)
+    try:
+        yield srv
+    finally:
+        await srv.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "body"),
+    [
+        ("GET", "/things", 200, b"\n"),
+        ("GET", "/things/a1", 200, b"id=a1\n"),
+        ("HEAD", "/things/a1", 200, b""),
+        ("DELETE", "/things/a1", 200, b"id=a1\n"),
+        ("GET", "/things/C%C3%B4%20T%C3%B4", 200, "id=Cô Tô\n".encode()),
+        ("POST", "/things/a1/notes/7", 200, b"id=a1 note=7\n"),
+        ("GET", "/things/special", 200, b"hello world\n"),
+        ("GET", "/things/a1/b2", 404, b"not found\n"),  # {id} is one segment
+        ("GET", "/things/", 404, b"not found\n"),  # and not an empty one
+        ("GET", "/other/a1", 404, b"not found\n"),
+    ],
+)
+async def test_path_parameters(
+    param_server: HttpServer, method: str, path: str, status: int, body: bytes
+) -> None:
+    async with httpx.AsyncClient() as client:
+        r = await client.request(method, f"http://127.0.0.1:{param_server.port}{path}")
+    assert (r.status_code, r.content) == (status, body)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/things/a1", "DELETE, GET"),
+        ("GET", "/things/a1/notes/7", "POST"),
+        ("POST", "/things", "GET"),
+    ],
+)
+async def test_405_names_the_methods_of_parameterised_paths(
+    param_server: HttpServer, method: str, path: str, allow: str
+) -> None:
+    async with httpx.AsyncClient() as client:
+        r = await client.request(method, f"http://127.0.0.1:{param_server.port}{path}")
+    assert r.status_code == 405
+    assert r.headers["allow"] == allow

@@ -164,13 +164,13 @@ class HttpServer:
     async def _dispatch(self, request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
         handler = self._routes.get((method, request.path))
-        allowed = sorted(m for m, p in self._routes if p == request.path)
+        allowed = {m for m, p in self._routes if p == request.path}
         if handler is None:
             for m, pattern, h in self._patterns:
                 found = pattern.fullmatch(request.path)
                 if found is None:
                     continue
-                allowed.append(m)
+                allowed.add(m)
                 if m == method:
                     params = {k: unquote(v) for k, v in found.groupdict().items()}
                     request = dataclasses.replace(request, params=params)
@@ -178,9 +178,8 @@ class HttpServer:
                     break
         if handler is None:
             if allowed:
-                return Response(
-                    405, b"method not allowed\n", headers=(("Allow", ", ".join(allowed)),)
-                )
+                allow = ", ".join(sorted(allowed))
+                return Response(405, b"method not allowed\n", headers=(("Allow", allow),))
             return text(404, "not found\n")
         try:
             return await handler(request)
