@@ -20,10 +20,10 @@ from vcmon.config import (
     check_address,
     label_name,
     load_config,
-    slugify,
     substitute_env,
     tree_issues,
 )
+from vcmon.text import slugify
 
 BAD = Path(__file__).parent / "bad_configs"
 
@@ -269,6 +269,15 @@ CORPUS: list[tuple[str, str]] = [
         "unknown placeholder {lau} (expected one of: address, affected_count, children, "
         "district, duration, flap_pct, id, jitter_ms, kind, level, loss_pct, mos, name, place, "
         "rtt_ms, settled, severity, started_local, threshold, total, value)",
+    ),
+    (
+        "sinks-mqtt-typo.yaml",
+        "{d}/sinks-mqtt-typo.yaml:2:18: sinks[0].prot: unknown key 'prot' (did you mean 'port'?)",
+    ),
+    (
+        "sinks-unknown-type.yaml",
+        "{d}/sinks-unknown-type.yaml:3:5: sinks[1]: unknown type 'consol' "
+        "(did you mean 'console'?)",
     ),
 ]
 

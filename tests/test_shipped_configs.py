@@ -11,16 +11,9 @@ import pytest
 import yaml
 
 from vcmon.alerts.policy import AlertsConfig, DistrictRule, QualityPolicy, QualityRule
-from vcmon.config import (
-    Config,
-    EndpointSpec,
-    IcmpSettings,
-    Level,
-    Timing,
-    load_config,
-    slugify,
-)
+from vcmon.config import Config, EndpointSpec, IcmpSettings, Level, Timing, load_config
 from vcmon.inventory import import_csv
+from vcmon.text import slugify
 
 CONFIG = Path(__file__).parent.parent / "config"
 BAD = Path(__file__).parent / "bad_configs"

@@ -35,6 +35,7 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from vcmon.alerts.policy import AlertsConfig, Override
 from vcmon.sinks.registry import SinkConfig
+from vcmon.text import slugify
 
 Loc: TypeAlias = tuple[str | int, ...]
 
@@ -84,18 +85,6 @@ class ConfigError(Exception):
 
 # ---------------------------------------------------------------------------------------------
 # Small text helpers, shared with the CSV import
-
-
-def ascii_fold(text: str) -> str:
-    """``text`` without diacritics: 'Đồng Tiến' → 'Dong Tien'."""
-    text = text.replace("đ", "d").replace("Đ", "D")
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def slugify(text: str, sep: str = "-") -> str:
-    """A lower-case ASCII slug of ``text``: 'Cô Tô / Đồng Tiến' → 'co-to-dong-tien'."""
-    return re.sub(r"[^a-z0-9]+", sep, ascii_fold(text).lower()).strip(sep)
 
 
 def label_name(text: str) -> str:
@@ -695,9 +684,14 @@ def _unwrap_model(annotation: Any) -> type[BaseModel] | None:
 
 def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
     """The model that validates the mapping at ``loc`` below ``model``."""
+    from vcmon.sinks.registry import SINKS  # a sink's type tag picks its model
+
     current: type[BaseModel] | None = model
     for seg in loc:
         if isinstance(seg, int):
+            continue
+        if current is not None and seg not in current.model_fields and seg in SINKS:
+            current = SINKS[seg][0]
             continue
         if current is None or seg not in current.model_fields:
             return None
@@ -725,6 +719,9 @@ def _explain(err: ErrorDetails, model: type[BaseModel], loc: Loc, written: str |
     """One pydantic error as a sentence a network admin understands."""
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     got = _describe(value, written)
+    # Models are looked up along pydantic's own path, which names the sink type it chose.
+    raw = tuple(s for s in err["loc"] if s != "[key]")
+    loc = raw if len(raw) >= len(loc) else loc
     if kind == "missing":
         owner = _model_at(model, loc[:-1])
         needed = [n for n, f in owner.model_fields.items() if f.is_required()] if owner else []
@@ -769,8 +766,14 @@ def _explain(err: ErrorDetails, model: type[BaseModel], loc: Loc, written: str |
 
 
 def _error_loc(err: ErrorDetails) -> tuple[Loc, bool]:
-    """The error's location without pydantic's '[key]' marker, and whether it names a key."""
+    """The error's location without pydantic's '[key]' marker or the sink type it chose (which
+    is not a key in the file), and whether it names a key."""
     loc = tuple(err["loc"])
+    if len(loc) >= 3 and loc[0] == "sinks" and isinstance(loc[1], int):
+        from vcmon.sinks.registry import SINKS
+
+        if loc[2] in SINKS:
+            loc = loc[:2] + loc[3:]
     if loc and loc[-1] == "[key]":
         return loc[:-1], True
     return loc, err["type"] == "extra_forbidden"

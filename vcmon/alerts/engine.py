@@ -51,9 +51,10 @@ from vcmon.alerts.quality import (
     Quality,
 )
 from vcmon.alerts.quality import observe as observe_quality
-from vcmon.config import Endpoint, slugify
+from vcmon.config import Endpoint
 from vcmon.health import Reach, State, flap_pct, step
 from vcmon.stats import Observation
+from vcmon.text import slugify
 
 REACH_KINDS: Final = frozenset({Kind.ENDPOINT_DOWN, Kind.GROUP_DOWN})
 QUALITY_KINDS: Final = {Kind(m.kind): m for m in Metric}

@@ -21,10 +21,11 @@ from vcmon.alerts.model import Alert, Changes, Silence, rfc3339
 from vcmon.alerts.policy import Matchers
 from vcmon.alerts.store import Store
 from vcmon.clock import Clock, SystemClock
-from vcmon.config import Config, slugify
+from vcmon.config import Config
 from vcmon.logs import event
 from vcmon.results import EndpointRecord
 from vcmon.stats import Observation
+from vcmon.text import slugify
 
 log = logging.getLogger(__name__)
 

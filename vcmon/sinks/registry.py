@@ -13,14 +13,16 @@ from pydantic import BaseModel, Field
 from vcmon.sinks.alertmanager import AlertmanagerConfig, AlertmanagerSink
 from vcmon.sinks.base import Sink
 from vcmon.sinks.console import ConsoleConfig, ConsoleSink
+from vcmon.sinks.mqtt import MqttConfig, MqttSink
 
 # type → (config model, factory(config, instance) → sink)
 SINKS: Final[dict[str, tuple[type[BaseModel], Callable[[Any, str], Sink]]]] = {
     "console": (ConsoleConfig, lambda cfg, instance: ConsoleSink(cfg)),
     "alertmanager": (AlertmanagerConfig, lambda cfg, instance: AlertmanagerSink(cfg)),
+    "mqtt": (MqttConfig, lambda cfg, instance: MqttSink(cfg, instance)),
 }
 
-SinkConfig = Annotated[ConsoleConfig | AlertmanagerConfig, Field(discriminator="type")]
+SinkConfig = Annotated[ConsoleConfig | AlertmanagerConfig | MqttConfig, Field(discriminator="type")]
 
 
 def build_sinks(configs: Sequence[Any], instance: str) -> list[Sink]:
