@@ -1,0 +1,537 @@
+"""The MQTT sink: events, the active set, status and the monitor's birth and will (DESIGN.md §4).
+
+One connection per sink. ``start`` opens it and announces the monitor online; a lost
+connection is noticed at once (the reader task ends), the next ``send``, ``start`` or
+``publish_status`` opens a new one and republishes everything retained that this process owns
+(birth, last status per endpoint), so a broker restarted without persistence is whole again.
+The client id is fixed and the session persistent, so acks sent while vcmon was away are
+delivered when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import aiomqtt
+import paho.mqtt.client as mqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PrivateAttr,
+    SecretStr,
+    model_validator,
+)
+
+from vcmon.alerts.model import rfc3339
+from vcmon.alerts.policy import Matchers
+from vcmon.logs import event as log_event
+from vcmon.sinks.base import Retry
+from vcmon.text import slugify
+
+log = logging.getLogger(__name__)
+
+# How long the broker keeps the session (the ack subscription and acks queued for it) after
+# the connection goes; MQTT 5 drops it at once unless told, 3.1.1 keeps it until reused.
+SESSION_EXPIRY: Final = 86400
+# CONNACK codes of a broker that does not speak the version asked for: 3.1.1's 1, and 0x84
+# (paho maps a 3.1.1-style refusal of a v5 CONNECT to it).
+_PROTOCOL_REFUSED: Final = frozenset({1, 0x84})
+
+_SAFE_SEGMENT: Final = re.compile(r"[A-Za-z0-9_.:-]+")
+
+AckCallback = Callable[[str, dict[str, Any]], object]
+
+
+def _not_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"expected a port from 1 to 65535, got {value}")
+    return value
+
+
+def _qos(value: int) -> int:
+    if value not in (0, 1, 2):
+        raise ValueError(f"expected a QoS of 0, 1 or 2, got {value}")
+    return value
+
+
+def _keepalive(value: int) -> int:
+    if not 5 <= value <= 65535:
+        raise ValueError(f"expected a keepalive from 5 to 65535 seconds, got {value}")
+    return value
+
+
+def _positive(value: float) -> float:
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"expected a number of seconds > 0, got {value:g}")
+    return value
+
+
+def _prefix(value: str) -> str:
+    segments = value.split("/")
+    if not value or any(not s for s in segments) or any(c in value for c in "+#\0"):
+        raise ValueError(
+            f"expected topic segments separated by '/', none empty, without + or #, got {value!r}"
+        )
+    return value
+
+
+def _protocol(value: object) -> object:
+    # YAML reads `protocol: 5` as a number.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _readable(value: str) -> str:
+    if not Path(value).is_file():
+        raise ValueError(f"no such file: {value}")
+    return value
+
+
+Port = Annotated[int, BeforeValidator(_not_bool), AfterValidator(_port)]
+File = Annotated[str, AfterValidator(_readable)]
+
+
+class TlsConfig(BaseModel):
+    """``tls:`` of an MQTT sink; without ``ca_file`` the system's CAs are trusted."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ca_file: File | None = None
+    cert_file: File | None = None  # a client certificate, for brokers that require one
+    key_file: File | None = None
+    insecure: bool = False  # skip the host name check (the chain is still verified)
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        """A client context built from these files (read now)."""
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file is not None:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        if self.insecure:
+            ctx.check_hostname = False
+        return ctx
+
+
+class MqttConfig(BaseModel):
+    """``type: mqtt``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["mqtt"] = "mqtt"
+    name: str = "mqtt"
+    match: Matchers = Matchers()
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    prefix: Annotated[str, AfterValidator(_prefix)] = "vcmon"
+    client_id: str | None = None  # None: vcmon-<instance>
+    username: str | None = None
+    password: SecretStr | None = None
+    password_env: str | None = None  # read from this environment variable when loaded
+    password_file: str | None = None  # read from this file (one line) when loaded
+    tls: TlsConfig | None = None
+    keepalive: Annotated[int, BeforeValidator(_not_bool), AfterValidator(_keepalive)] = 30
+    qos: Annotated[int, BeforeValidator(_not_bool), AfterValidator(_qos)] = 1
+    protocol: Annotated[Literal["auto", "5", "3.1.1"], BeforeValidator(_protocol)] = "auto"
+    message_expiry: Annotated[int, BeforeValidator(_not_bool), AfterValidator(_positive)] | None = (
+        None  # s an event waits for an offline persistent subscriber (MQTT 5)
+    )
+    timeout: Annotated[float, BeforeValidator(_not_bool), AfterValidator(_positive)] = 10.0
+
+    _secret: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> MqttConfig:
+        given = [
+            k for k in ("password", "password_env", "password_file") if getattr(self, k) is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give one of password, password_env, password_file, not {given}")
+        if given and self.username is None:
+            raise ValueError(f"{given[0]} needs a username")
+        if self.message_expiry is not None and self.protocol == "3.1.1":
+            raise ValueError("message_expiry needs MQTT 5 (protocol: 5 or auto)")
+        if self.password is not None:
+            self._secret = self.password.get_secret_value()
+        elif self.password_env is not None:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ValueError(f"password_env: environment variable {self.password_env} is unset")
+            self._secret = value
+        elif self.password_file is not None:
+            try:
+                text = Path(self.password_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise ValueError(
+                    f"password_file: cannot read {self.password_file}: {reason}"
+                ) from None
+            self._secret = text.rstrip("\r\n")
+        return self
+
+    @property
+    def secret(self) -> str | None:
+        """The password, wherever it came from."""
+        return self._secret
+
+
+def _segment(text: object) -> str:
+    """One topic level: an id already safe stays as it is (so topics match the JSON's ids and
+    kinds), anything else is slugged; never ``+ # /``."""
+    value = str(text)
+    if _SAFE_SEGMENT.fullmatch(value):
+        return value
+    return slugify(value) or "_"
+
+
+def _properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
+
+
+def _dumps(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _describe(exc: aiomqtt.MqttError) -> str:
+    if isinstance(exc, aiomqtt.MqttCodeError) and exc.rc is not None:
+        return f"refused: {exc}" if isinstance(exc, MqttConnectError) else str(exc)
+    return str(exc) or type(exc).__name__
+
+
+def _refused_protocol(exc: aiomqtt.MqttError) -> bool:
+    if not isinstance(exc, MqttConnectError):
+        return False
+    return getattr(exc.rc, "value", exc.rc) in _PROTOCOL_REFUSED
+
+
+@dataclass(slots=True)
+class _Link:
+    """One open connection and the task that reads it; ``lost`` is set when it ends."""
+
+    client: aiomqtt.Client
+    version: aiomqtt.ProtocolVersion
+    lost: asyncio.Event
+    reader: asyncio.Task[None] | None = None
+
+
+class MqttSink:
+    """Publishes events, the active set, status docs and the monitor's presence."""
+
+    def __init__(self, config: MqttConfig, instance: str) -> None:
+        self.name = config.name
+        self.config = config
+        self.instance = instance
+        self.client_id = config.client_id or f"vcmon-{instance}"
+        prefix = config.prefix
+        self.monitor_topic = f"{prefix}/monitor/{_segment(instance)}"
+        self.since: str | None = None  # this process's session start, fixed at first start
+        self.version: aiomqtt.ProtocolVersion | None = {
+            "auto": None,
+            "5": aiomqtt.ProtocolVersion.V5,
+            "3.1.1": aiomqtt.ProtocolVersion.V311,
+        }[config.protocol]
+        self._status: dict[str, bytes] = {}  # topic → last doc, republished on connect
+        self._ack_callback: AckCallback | None = None
+        self._link: _Link | None = None
+        self._connecting = asyncio.Lock()
+        self._tls: ssl.SSLContext | None = None
+        self._expiry_warned = False
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open and not known to be lost."""
+        return self._link is not None and not self._link.lost.is_set()
+
+    def topic(self, *segments: object) -> str:
+        """``<prefix>/<segment>/…`` with each segment slugged."""
+        return "/".join([self.config.prefix, *(_segment(s) for s in segments)])
+
+    def _presence(self, online: bool) -> bytes:
+        return _dumps({"online": online, "since": self.since})
+
+    # -- connection ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect unless connected, then republish; Retry("connect", …) when that fails."""
+        async with self._connecting:
+            if self.connected:
+                return
+            await self._drop()
+            if self.since is None:
+                self.since = rfc3339(time.time())
+            self._link = await self._connect()
+            log_event(log, logging.INFO, "mqtt_connected", sink=self.name,
+                      broker=f"{self.config.host}:{self.config.port}",
+                      protocol="5" if self._link.version is aiomqtt.ProtocolVersion.V5
+                      else "3.1.1")  # fmt: skip
+            await self._republish(self._link)
+
+    async def _connect(self) -> _Link:
+        if self.config.tls is not None and self._tls is None:
+            try:
+                self._tls = self.config.tls.context()
+            except (OSError, ssl.SSLError) as exc:
+                raise Retry("connect", f"TLS files: {exc}") from None
+        versions = (
+            [self.version]
+            if self.version is not None
+            else [aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311]
+        )
+        for version in versions:
+            client = self._client(version)
+            try:
+                await client.__aenter__()
+            except aiomqtt.MqttError as exc:
+                # aiomqtt leaves the socket of a refused or timed-out connect open.
+                client._client._sock_close()
+                if version is not versions[-1] and _refused_protocol(exc):
+                    continue  # "auto": this broker predates MQTT 5
+                raise Retry("connect", _describe(exc)) from None
+            if self.config.protocol == "auto":
+                self.version = version  # the broker will not change its mind while we live
+            link = _Link(client, version, asyncio.Event())
+            link.reader = asyncio.create_task(self._read(link), name=f"mqtt-read-{self.name}")
+            return link
+        raise AssertionError("unreachable: the last version either connects or raises")
+
+    def _client(self, version: aiomqtt.ProtocolVersion) -> aiomqtt.Client:
+        cfg = self.config
+        v5 = version is aiomqtt.ProtocolVersion.V5
+        properties: Properties | None = None
+        if v5:
+            properties = _properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = SESSION_EXPIRY
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.secret,
+            identifier=self.client_id,
+            protocol=version,
+            will=aiomqtt.Will(self.monitor_topic, self._presence(False), qos=1, retain=True),
+            clean_session=None if v5 else False,
+            clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+            keepalive=cfg.keepalive,
+            timeout=cfg.timeout,
+            tls_context=self._tls,
+            tls_insecure=cfg.tls.insecure if cfg.tls is not None and cfg.tls.insecure else None,
+        )
+
+    async def _read(self, link: _Link) -> None:
+        """Deliver acks until the connection ends, then mark it lost."""
+        try:
+            async for message in link.client.messages:
+                self._on_message(message)
+        except aiomqtt.MqttError as exc:
+            if not link.lost.is_set():
+                log_event(log, logging.WARNING, "mqtt_disconnected", sink=self.name,
+                          detail=str(exc.__cause__ or exc))  # fmt: skip
+        finally:
+            link.lost.set()
+
+    async def _drop(self) -> None:
+        """Forget the current connection, closing it if it is still open."""
+        link, self._link = self._link, None
+        if link is None:
+            return
+        was_lost = link.lost.is_set()
+        link.lost.set()
+        if link.reader is not None:
+            link.reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await link.reader
+        if not was_lost:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await link.client.__aexit__(None, None, None)
+
+    async def _ensure(self) -> _Link:
+        if not self.connected:
+            await self.start()
+        assert self._link is not None
+        return self._link
+
+    async def _publish(
+        self,
+        link: _Link,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int,
+        retain: bool,
+        properties: Properties | None = None,
+    ) -> None:
+        """Publish and wait for the broker's acknowledgement, or Retry when the link fails."""
+        if link.lost.is_set():
+            raise Retry("disconnected", "connection lost")
+        publish = asyncio.ensure_future(
+            link.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        )
+        # aiomqtt waits for PUBACK until its timeout even when the connection is already gone.
+        lost = asyncio.ensure_future(link.lost.wait())
+        try:
+            await asyncio.wait({publish, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not publish.done():
+                publish.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await publish
+        if publish.cancelled():
+            if self._link is link:
+                await self._drop()
+            raise Retry("disconnected", "connection lost before the broker acknowledged")
+        exc = publish.exception()
+        if exc is None:
+            return
+        if self._link is link:
+            await self._drop()
+        if isinstance(exc, aiomqtt.MqttError):
+            reason = "timeout" if "timed out" in str(exc) else "disconnected"
+            raise Retry(reason, _describe(exc)) from None
+        raise exc
+
+    async def republish(self) -> None:
+        """Birth, the last status doc of each endpoint, the ack subscription; done on connect."""
+        if not self.connected:
+            await self.start()
+            return
+        assert self._link is not None
+        await self._republish(self._link)
+
+    async def _republish(self, link: _Link) -> None:
+        await self._publish(link, self.monitor_topic, self._presence(True), qos=1, retain=True)
+        for topic, payload in list(self._status.items()):
+            await self._publish(link, topic, payload, qos=self.config.qos, retain=True)
+        if self._ack_callback is not None:
+            await self._subscribe_acks(link)
+
+    async def close(self) -> None:
+        """Announce offline (retained) and disconnect cleanly, so the will is not sent."""
+        async with self._connecting:
+            link = self._link
+            if link is not None and not link.lost.is_set():
+                with contextlib.suppress(Retry):
+                    await self._publish(
+                        link, self.monitor_topic, self._presence(False), qos=1, retain=True
+                    )
+            await self._drop()
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def _properties(self, link: _Link, event: Mapping[str, Any], expire: bool) -> Properties | None:
+        if link.version is not aiomqtt.ProtocolVersion.V5:
+            if expire and self.config.message_expiry is not None and not self._expiry_warned:
+                self._expiry_warned = True
+                log_event(log, logging.WARNING, "mqtt_message_expiry_ignored", sink=self.name,
+                          detail="the broker speaks MQTT 3.1.1")  # fmt: skip
+            return None
+        props = _properties(PacketTypes.PUBLISH)
+        props.PayloadFormatIndicator = 1
+        props.ContentType = "application/json"
+        props.UserProperty = [
+            ("kind", str(event.get("kind", ""))),
+            ("severity", str(event.get("severity", ""))),
+            ("alert_id", str(event.get("alert_id", ""))),
+        ]
+        # Only events expire: the active set and status are state, valid until replaced.
+        if expire and self.config.message_expiry is not None:
+            props.MessageExpiryInterval = self.config.message_expiry
+        return props
+
+    async def send(self, event: Mapping[str, Any]) -> None:
+        """Publish the event and update the active set; return once the broker acknowledged."""
+        link = await self._ensure()
+        payload = _dumps(event)
+        endpoint = (event.get("endpoint") or {}).get("id", "")
+        qos = self.config.qos
+        await self._publish(
+            link,
+            self.topic("events", event["kind"], endpoint),
+            payload,
+            qos=qos,
+            retain=False,
+            properties=self._properties(link, event, expire=True),
+        )
+        active = self.topic("active", event["alert_id"])
+        if event["status"] == "resolved":
+            await self._publish(link, active, b"", qos=qos, retain=True)
+        else:  # firing, or acknowledged (it still fires)
+            props = self._properties(link, event, expire=False)
+            await self._publish(link, active, payload, qos=qos, retain=True, properties=props)
+
+    async def publish_status(self, endpoint_id: str, doc: Mapping[str, Any]) -> None:
+        """Retain ``doc`` as the endpoint's current state; kept and republished on reconnect."""
+        topic = self.topic("status", endpoint_id)
+        payload = _dumps(doc)
+        self._status[topic] = payload
+        if not self.connected:
+            await self.start()  # its republish carries this doc
+            return
+        assert self._link is not None
+        await self._publish(self._link, topic, payload, qos=self.config.qos, retain=True)
+
+    # -- acknowledgements ---------------------------------------------------------------------
+
+    async def subscribe_acks(self, callback: AckCallback) -> None:
+        """Call ``callback(alert_id, payload)`` for each JSON object on ``<prefix>/ack/+``."""
+        self._ack_callback = callback
+        if self.connected:
+            assert self._link is not None
+            await self._subscribe_acks(self._link)
+
+    async def _subscribe_acks(self, link: _Link) -> None:
+        try:
+            await link.client.subscribe(f"{self.config.prefix}/ack/+", qos=1)
+        except aiomqtt.MqttError as exc:
+            if self._link is link:
+                await self._drop()
+            raise Retry("disconnected", _describe(exc)) from None
+
+    def _on_message(self, message: aiomqtt.Message) -> None:
+        callback = self._ack_callback
+        ack_filter = f"{self.config.prefix}/ack/+"
+        if callback is None or not message.topic.matches(ack_filter) or not message.payload:
+            return  # an empty payload clears a retained ack: nothing to do
+        alert_id = message.topic.value.rsplit("/", 1)[-1]
+        try:
+            payload = json.loads(bytes(message.payload))
+        except (ValueError, TypeError) as exc:
+            log_event(log, logging.WARNING, "mqtt_ack_invalid", sink=self.name,
+                      alert_id=alert_id, detail=str(exc))  # fmt: skip
+            return
+        if not isinstance(payload, dict):
+            log_event(log, logging.WARNING, "mqtt_ack_invalid", sink=self.name,
+                      alert_id=alert_id, detail="expected a JSON object")  # fmt: skip
+            return
+        try:
+            callback(alert_id, payload)
+        except Exception as exc:  # one bad ack must not stop the connection's reader
+            log_event(log, logging.ERROR, "mqtt_ack_failed", sink=self.name,
+                      alert_id=alert_id, detail=repr(exc))  # fmt: skip
