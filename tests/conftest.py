@@ -36,11 +36,13 @@ import asyncio
 import itertools
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import httpx
 import pytest
 
 from vcmon.config import Config, load_config
@@ -50,7 +52,7 @@ from vcmon.lab.profiles import Profile
 from vcmon.lab.province import by_address, generate_profiles, lab_config, map_addresses
 from vcmon.lab.scenario import BoundScenario, ScenarioRunner, bind, load_scenario, parse_scenario
 
-from .helpers import free_port
+from .helpers import free_port, wait_for
 
 _live_labs: dict[LabNames, Lab] = {}
 _lab_counter = itertools.count(1)
@@ -224,3 +226,32 @@ def province_lab(lab: LabFactory, tmp_path: Path) -> ProvinceLabFactory:
         return ProvinceLab(env, config_path, load_config(config_path, env={}), addresses, base)
 
     return make
+
+
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    """A real Alertmanager on a free loopback port, clustering off; its base URL."""
+    if ALERTMANAGER is None:
+        if __import__("os").environ.get("CI"):
+            pytest.fail("alertmanager is not installed (make test installs it)")
+        pytest.skip("alertmanager is not installed")
+    port = free_port()
+    config = tmp_path / "am.yml"
+    config.write_text(
+        "route: {receiver: blackhole}\nreceivers: [{name: blackhole}]\n", encoding="utf-8"
+    )
+    proc = subprocess.Popen(
+        [ALERTMANAGER, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{url}/-/ready").status_code == 200, 20, "alertmanager")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)

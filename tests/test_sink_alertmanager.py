@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,6 @@ from vcmon.sinks.base import Reject, Retry
 
 from .helpers import free_port, wait_for
 
-BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 TARGET = Target("co-to", "UBND huyện Cô Tô", "127.0.0.1", "Cô Tô", "district")
 
 
@@ -30,32 +26,6 @@ def event(status: Status, seq: int = 1, alert_id: str = "a1") -> dict[str, Any]:
         ended_at=time.time() if status is Status.RESOLVED else None, at=1.0,
         summary="Huyện Cô Tô: mất kết nối", description="…",
     ).to_json()  # fmt: skip
-
-
-@pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[str]:
-    """A real Alertmanager on a free loopback port, clustering off; its base URL."""
-    if BINARY is None:
-        if __import__("os").environ.get("CI"):
-            pytest.fail("alertmanager is not installed (make test installs it)")
-        pytest.skip("alertmanager is not installed")
-    port = free_port()
-    config = tmp_path / "am.yml"
-    config.write_text(
-        "route: {receiver: blackhole}\nreceivers: [{name: blackhole}]\n", encoding="utf-8"
-    )
-    proc = subprocess.Popen(
-        [BINARY, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: httpx.get(f"{url}/-/ready").status_code == 200, 20, "alertmanager")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def active(url: str) -> list[dict[str, Any]]:

@@ -94,6 +94,8 @@ class AlertmanagerSink:
         self.config = config
         self._client: httpx.AsyncClient | None = None
         self.firing: dict[str, dict[str, Any]] = {}  # alert_id → its postable alert
+        # One post at a time: a re-post in flight must not land after the resolve it predates.
+        self._lock = asyncio.Lock()
 
     def seed(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Adopt the firing alerts of the event log (the newest firing event of each)."""
@@ -131,22 +133,23 @@ class AlertmanagerSink:
         if event["status"] == "acknowledged":
             return  # Alertmanager has no acknowledgement; its silences play that part
         body = alert_body(event, self.config.generator_url)
-        await self._post([body])
-        alert_id = str(event["alert_id"])
-        if event["status"] == "firing":
-            self.firing[alert_id] = body
-        else:
-            self.firing.pop(alert_id, None)
+        async with self._lock:
+            await self._post([body])
+            alert_id = str(event["alert_id"])
+            if event["status"] == "firing":
+                self.firing[alert_id] = body
+            else:
+                self.firing.pop(alert_id, None)
 
     async def maintain(self) -> None:
         """Re-post what fires every ``repost_interval`` seconds, until cancelled."""
         failing = False
         while True:
             await asyncio.sleep(self.config.repost_interval)  # a cadence
-            if not self.firing:
-                continue
             try:
-                await self._post(list(self.firing.values()))
+                async with self._lock:
+                    if self.firing:
+                        await self._post(list(self.firing.values()))
             except (Retry, Reject) as exc:
                 if not failing:  # once per failing run
                     log_event(log, logging.WARNING, "alertmanager_repost_failed",
