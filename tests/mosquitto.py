@@ -45,8 +45,9 @@ def _run(*args: str, cwd: Path) -> None:
         raise RuntimeError(f"{' '.join(args)} failed: {done.stderr.strip()}")
 
 
-def make_certs(directory: Path) -> None:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, all EC P-256."""
+def make_certs(directory: Path, server_name: str = "IP:127.0.0.1") -> None:
+    """A CA, a server certificate for ``server_name`` (a subjectAltName) and a client
+    certificate, all EC P-256."""
     assert OPENSSL is not None
     directory.mkdir(parents=True, exist_ok=True)
     key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
@@ -54,7 +55,7 @@ def make_certs(directory: Path) -> None:
          "-subj", "/CN=vcmon test CA", "-addext", "basicConstraints=critical,CA:TRUE",
          "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)  # fmt: skip
     for name, extra in (
-        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        ("server", f"subjectAltName={server_name}\nextendedKeyUsage=serverAuth\n"),
         ("client", "extendedKeyUsage=clientAuth\n"),
     ):
         ext = directory / f"{name}.ext"
@@ -80,6 +81,7 @@ class Mosquitto:
         users: Mapping[str, str] | None = None,
         tls: bool = False,
         require_certificate: bool = False,
+        server_name: str = "IP:127.0.0.1",
     ) -> None:
         reason = missing()
         if reason is not None:
@@ -111,7 +113,7 @@ class Mosquitto:
         else:
             lines.append("allow_anonymous true")
         if tls:
-            make_certs(self.certs)
+            make_certs(self.certs, server_name)
             lines += [
                 f"cafile {self.ca_file}",
                 f"certfile {self.certs / 'server.crt'}",
@@ -233,10 +235,9 @@ class Proxy:
     ) -> None:
         assert self._server is not None
         self._server.close()
-        self.cut()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.cut()  # which ends every relay; cancelling them instead makes asyncio log errors
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
         await self._server.wait_closed()
 
     def cut(self) -> None:

@@ -459,6 +459,27 @@ async def test_tls_with_a_private_ca(tmp_path: Path, sinks: Callable[..., MqttSi
             await plain.start()
 
 
+async def test_tls_insecure_skips_only_the_host_name_check(
+    tmp_path: Path, sinks: Callable[..., MqttSink]
+) -> None:
+    _require_broker()
+    with Mosquitto(tmp_path / "tls", tls=True, server_name="DNS:broker.invalid") as broker:
+        strict = sinks(port=broker.port, tls={"ca_file": broker.ca_file})
+        with pytest.raises(Retry) as caught:
+            await strict.start()
+        assert "127.0.0.1" in caught.value.detail  # the name it expected and did not find
+
+        insecure = sinks(
+            "insecure", port=broker.port, tls={"ca_file": broker.ca_file, "insecure": True}
+        )
+        await insecure.start()
+        await insecure.send(event(Status.FIRING))
+
+        untrusted = sinks("untrusted", port=broker.port, tls={"insecure": True})
+        with pytest.raises(Retry, match="certificate verify failed"):
+            await untrusted.start()
+
+
 async def test_tls_with_a_client_certificate(
     tmp_path: Path, sinks: Callable[..., MqttSink]
 ) -> None:

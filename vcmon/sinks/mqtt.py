@@ -113,6 +113,16 @@ Port = Annotated[int, BeforeValidator(_not_bool), AfterValidator(_port)]
 File = Annotated[str, AfterValidator(_readable)]
 
 
+class _TlsContext(ssl.SSLContext):
+    """Remembers the socket it wrapped last: paho drops, unclosed, one whose handshake failed."""
+
+    last: ssl.SSLSocket | None = None
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self.last = super().wrap_socket(*args, **kwargs)
+        return self.last
+
+
 class TlsConfig(BaseModel):
     """``tls:`` of an MQTT sink; without ``ca_file`` the system's CAs are trusted."""
 
@@ -129,9 +139,13 @@ class TlsConfig(BaseModel):
             raise ValueError("cert_file and key_file go together")
         return self
 
-    def context(self) -> ssl.SSLContext:
+    def context(self) -> _TlsContext:
         """A client context built from these files (read now)."""
-        ctx = ssl.create_default_context(cafile=self.ca_file)
+        ctx = _TlsContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name
+        if self.ca_file is not None:
+            ctx.load_verify_locations(self.ca_file)
+        else:
+            ctx.load_default_certs()
         if self.cert_file is not None:
             ctx.load_cert_chain(self.cert_file, self.key_file)
         if self.insecure:
@@ -260,7 +274,7 @@ class MqttSink:
         self._ack_callback: AckCallback | None = None
         self._link: _Link | None = None
         self._connecting = asyncio.Lock()
-        self._tls: ssl.SSLContext | None = None
+        self._tls: _TlsContext | None = None
         self._expiry_warned = False
 
     @property
@@ -310,6 +324,9 @@ class MqttSink:
             except aiomqtt.MqttError as exc:
                 # aiomqtt leaves the socket of a refused or timed-out connect open.
                 client._client._sock_close()
+                if self._tls is not None and self._tls.last is not None:
+                    self._tls.last.close()
+                    self._tls.last = None
                 if version is not versions[-1] and _refused_protocol(exc):
                     continue  # "auto": this broker predates MQTT 5
                 raise Retry("connect", _describe(exc)) from None
