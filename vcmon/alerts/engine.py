@@ -139,6 +139,7 @@ class AlertEngine:
         self.messages = messages or Messages(config.locale, config.templates, config.timezone)
         self.nodes: dict[str, Node] = {}
         self._order: dict[str, int] = {}  # parents before children
+        self._members: dict[str, list[str]] = {}  # district → its endpoints
         self._next_window: float | None = None
         self._pending_changes: Changes | None = None
         self._pending_changes = self.replace(endpoints, config, now)
@@ -167,6 +168,9 @@ class AlertEngine:
                     nodes[parent].children.append(node.endpoint.id)
         self.nodes = nodes
         self._order = {nid: i for i, nid in enumerate(_parents_first(nodes))}
+        self._members = {}
+        for nid, node in nodes.items():
+            self._members.setdefault(node.endpoint.district, []).append(nid)
         self._restored.clear()
         self._next_window = windows.next_change(config.maintenance, now, config.timezone)
         out = _Collector()
@@ -368,13 +372,7 @@ class AlertEngine:
         for district in districts:
             changed = self._reconcile_district(district, now, out)
             if changed:
-                touched.update(
-                    dict.fromkeys(
-                        n.endpoint.id
-                        for n in self.nodes.values()
-                        if n.endpoint.district == district
-                    )
-                )
+                touched.update(dict.fromkeys(self._members.get(district, ())))
         for nid in touched:
             self._reconcile_node(self.nodes[nid], now, out)
         self._notify_pending(now, out)
@@ -485,7 +483,7 @@ class AlertEngine:
 
     def _district_failing(self, district: str) -> tuple[list[Node], int]:
         """Members failing on their own (no failing parent explains it), and the size."""
-        members = [n for n in self.nodes.values() if n.endpoint.district == district]
+        members = [self.nodes[i] for i in self._members.get(district, ())]
         failing = []
         for n in members:
             r = n.reach
