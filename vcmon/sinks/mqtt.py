@@ -283,7 +283,7 @@ class MqttSink:
         return self._link is not None and not self._link.lost.is_set()
 
     def topic(self, *segments: object) -> str:
-        """``<prefix>/<segment>/…`` with each segment slugged."""
+        """``<prefix>/<segment>/…``, each segment made a safe topic level."""
         return "/".join([self.config.prefix, *(_segment(s) for s in segments)])
 
     def _presence(self, online: bool) -> bytes:
