@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry
@@ -19,10 +21,11 @@ from vcmon.results import EndpointRecord, Results
 
 if TYPE_CHECKING:
     from vcmon.alerts.model import Alert, Silence
+    from vcmon.alerts.policy import Matchers
     from vcmon.alerts.runtime import AlertRuntime
 
 MAX_SILENCE: Final = 30 * 86400.0  # s; longer than a month is forgetting, not silencing
-_DURATION: Final = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_DURATION: Final = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
 
 
 class BadInput(ValueError):
@@ -32,11 +35,12 @@ class BadInput(ValueError):
 def parse_duration(value: object) -> float:
     """'90s', '15m', '2h', '1d', '1h30m' or a number of seconds → seconds (> 0, ≤ 30 days)."""
     if isinstance(value, bool) or value is None:
-        raise BadInput("duration: expected e.g. 2h, 30m, 1h30m or seconds")
-    if isinstance(value, int | float):
-        seconds = float(value)
+        raise BadInput("duration: required, expected e.g. 2h, 30m, 1h30m or seconds")
+    text = str(value).strip()
+    if isinstance(value, int | float) or (text.isascii() and text.isdigit()):
+        seconds = float(text)
     else:
-        m = _DURATION.fullmatch(str(value).strip())
+        m = _DURATION.fullmatch(text)
         if not m or not any(m.groups()):
             raise BadInput(f"duration: expected e.g. 2h, 30m, 1h30m or seconds, got {value!r}")
         d, h, mi, se = (int(g or 0) for g in m.groups())
@@ -52,12 +56,12 @@ def _iso(ts: float) -> str:
     return rfc3339(ts)
 
 
-def alert_doc(alert: Alert, suppressed_by: str | None) -> dict[str, Any]:
+def alert_doc(alert: Alert, suppressed_by: str | None, summary: str = "") -> dict[str, Any]:
     """One open alert as the API shows it."""
     from dataclasses import asdict
 
     ack = alert.detail.get("ack")
-    return {
+    doc: dict[str, Any] = {
         "alert_id": alert.alert_id,
         "kind": alert.kind.value,
         "severity": alert.severity.value,
@@ -70,13 +74,20 @@ def alert_doc(alert: Alert, suppressed_by: str | None) -> dict[str, Any]:
         "suppressed_by": suppressed_by,
         "acknowledged": dict(ack) if isinstance(ack, dict) else None,
     }
+    if summary:
+        doc["summary"] = summary
+    return doc
 
 
 def silence_doc(s: Silence, now: float) -> dict[str, Any]:
     """One silence as the API shows it."""
     return {
         "id": s.id,
-        "matchers": s.matchers.model_dump(exclude_defaults=True),
+        "matchers": {
+            k: v
+            for k, v in s.matchers.model_dump(by_alias=True, exclude_none=True).items()
+            if v != {}
+        },
         "starts_at": _iso(s.starts_at),
         "ends_at": _iso(s.ends_at),
         "created_by": s.created_by,
@@ -127,6 +138,24 @@ def endpoint_status(rec: EndpointRecord) -> dict[str, Any]:
     return doc
 
 
+_EngineHandler = Callable[["Api", "AlertRuntime", Request], Awaitable[Response]]
+
+
+def _engine_route(handler: _EngineHandler) -> Callable[[Api, Request], Awaitable[Response]]:
+    """Wrap an alerts route: 503 without an alert engine, 400 with the field for BadInput."""
+
+    @functools.wraps(handler)
+    async def route(api: Api, request: Request) -> Response:
+        if api.alert_runtime is None:
+            return json_response({"error": "alert engine not running"}, 503)
+        try:
+            return await handler(api, api.alert_runtime, request)
+        except BadInput as exc:
+            return json_response({"error": str(exc)}, 400)
+
+    return route
+
+
 class Api:
     """The daemon's HTTP routes, reading the live Results and registry."""
 
@@ -141,7 +170,7 @@ class Api:
         self._results = results
         self._registry = registry
         self._info = info
-        self._alerts = alerts
+        self.alert_runtime = alerts
 
     def routes(self) -> dict[tuple[str, str], Handler]:
         """Every route this API serves."""
@@ -182,110 +211,101 @@ class Api:
         }
         return json_response(doc)
 
-    def _engine(self) -> AlertRuntime:
-        if self._alerts is None:
-            raise _Unavailable
-        return self._alerts
-
-    async def list_alerts(self, request: Request) -> Response:
-        try:
-            runtime = self._engine()
-        except _Unavailable:
-            return json_response({"error": "alert engine not running"}, 503)
-        wanted = {k: v[0] for k, v in request.query.items() if k in _ALERT_FILTERS and v}
+    @_engine_route
+    async def list_alerts(self, runtime: AlertRuntime, request: Request) -> Response:
+        unknown = sorted(set(request.query) - set(_ALERT_FILTERS))
+        if unknown:
+            # A misspelt filter would otherwise answer every alert, which reads as "all of these".
+            raise BadInput(
+                f"{unknown[0]}: unknown filter, expected one of {', '.join(_ALERT_FILTERS)}"
+            )
+        wanted = {k: v[0] for k, v in request.query.items()}
         docs = []
         for alert in runtime.alerts():
-            doc = alert_doc(alert, runtime.suppressed_by(alert))
-            fields = {"kind": doc["kind"], "severity": doc["severity"],
+            fields = {"kind": alert.kind.value, "severity": alert.severity.value,
                       "district": alert.target.district, "endpoint": alert.target.id}  # fmt: skip
             if all(fields[k] == v for k, v in wanted.items()):
-                docs.append(doc)
+                docs.append(_open_alert_doc(runtime, alert))
         return json_response({"alerts": docs})
 
-    async def ack(self, request: Request) -> Response:
-        try:
-            runtime = self._engine()
-            body = _json_body(request)
-            by = _text_field(body, "by")
-            comment = str(body.get("comment", ""))
-            duration = parse_duration(body["duration"]) if body.get("duration") else None
-        except _Unavailable:
-            return json_response({"error": "alert engine not running"}, 503)
-        except BadInput as exc:
-            return json_response({"error": str(exc)}, 400)
-        alert = runtime.ack(request.params["id"], by, comment, duration)
+    @_engine_route
+    async def ack(self, runtime: AlertRuntime, request: Request) -> Response:
+        body = _json_body(request, ("by", "comment", "duration"))
+        by = _text_field(body, "by")
+        comment = body.get("comment", "")
+        if not isinstance(comment, str):
+            raise BadInput("comment: expected text")
+        duration = None if body.get("duration") is None else parse_duration(body["duration"])
+        alert = runtime.ack(request.params["id"], by, comment.strip(), duration)
         if alert is None:
             return json_response({"error": f"no open alert {request.params['id']}"}, 404)
-        return json_response(alert_doc(alert, runtime.suppressed_by(alert)))
+        return json_response(_open_alert_doc(runtime, alert))
 
-    async def list_silences(self, request: Request) -> Response:
-        try:
-            runtime = self._engine()
-        except _Unavailable:
-            return json_response({"error": "alert engine not running"}, 503)
+    @_engine_route
+    async def list_silences(self, runtime: AlertRuntime, request: Request) -> Response:
         expired = request.query.get("expired", ["0"])[0] not in ("0", "false", "")
         now = runtime.clock.time()
         docs = [silence_doc(s, now) for s in runtime.silences(include_expired=expired)]
         return json_response({"silences": docs})
 
-    async def add_silence(self, request: Request) -> Response:
-        from vcmon.alerts.policy import Matchers
-
-        try:
-            runtime = self._engine()
-            body = _json_body(request)
-            raw = body.get("matchers")
-            if not isinstance(raw, dict):
-                raise BadInput('matchers: expected an object such as {"district": "Cô Tô"}')
-            try:
-                matchers = Matchers.model_validate(raw)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                raise BadInput(f"matchers.{where}: {first['msg']}") from None
-            if matchers.empty():
-                raise BadInput("matchers: a silence must match something")
-            duration = parse_duration(body.get("duration"))
-            comment = _text_field(body, "comment")
-            created_by = _text_field(body, "created_by")
-            starts_at = None
-            if body.get("starts_at"):
-                try:
-                    starts_at = dt.datetime.fromisoformat(str(body["starts_at"])).timestamp()
-                except ValueError:
-                    raise BadInput("starts_at: expected an RFC 3339 time") from None
-        except _Unavailable:
-            return json_response({"error": "alert engine not running"}, 503)
-        except BadInput as exc:
-            return json_response({"error": str(exc)}, 400)
+    @_engine_route
+    async def add_silence(self, runtime: AlertRuntime, request: Request) -> Response:
+        body = _json_body(request, ("matchers", "duration", "created_by", "comment", "starts_at"))
+        matchers = _matchers(body.get("matchers"))
+        duration = parse_duration(body.get("duration"))
+        comment = _text_field(body, "comment")
+        created_by = _text_field(body, "created_by")
+        starts_at = _time_field(body, "starts_at")
+        now = runtime.clock.time()
+        if starts_at is not None and starts_at + duration <= now:
+            raise BadInput("starts_at: expected a time after now minus the duration; this "
+                           "silence would be over before it is created")  # fmt: skip
         silence = runtime.add_silence(matchers, duration, created_by, comment, starts_at)
         return json_response(silence_doc(silence, runtime.clock.time()), 201)
 
-    async def expire_silence(self, request: Request) -> Response:
-        try:
-            runtime = self._engine()
-        except _Unavailable:
-            return json_response({"error": "alert engine not running"}, 503)
-        silence = runtime.expire_silence(request.params["id"])
+    @_engine_route
+    async def expire_silence(self, runtime: AlertRuntime, request: Request) -> Response:
+        silence_id = request.params["id"]
+        silence = runtime.expire_silence(silence_id)
         if silence is None:
-            return json_response({"error": f"no active silence {request.params['id']}"}, 404)
+            return json_response({"error": f"no active silence {silence_id}"}, 404)
         return json_response(silence_doc(silence, runtime.clock.time()))
 
 
 _ALERT_FILTERS: Final = ("kind", "severity", "district", "endpoint")
 
 
-class _Unavailable(Exception):
-    pass
+def _open_alert_doc(runtime: AlertRuntime, alert: Alert) -> dict[str, Any]:
+    """alert_doc with what the runtime knows now: why it is held back, its summary."""
+    from vcmon.alerts.model import Status
+
+    # Rendered now rather than stored: the wording follows the config's locale and
+    # templates after a reload, as the next event's would.
+    summary, _ = runtime.engine.messages.render(
+        kind=alert.kind,
+        status=Status.FIRING,
+        severity=alert.severity,
+        target=alert.target,
+        affected=alert.affected,
+        measurements=alert.measurements,
+        started_at=alert.started_at,
+        at=runtime.clock.time(),
+        detail=alert.detail,
+    )
+    return alert_doc(alert, runtime.suppressed_by(alert), summary)
 
 
-def _json_body(request: Request) -> dict[str, Any]:
+def _json_body(request: Request, fields: tuple[str, ...]) -> dict[str, Any]:
     try:
         doc = json.loads(request.body or b"{}")
     except ValueError:
         raise BadInput("body: expected a JSON object") from None
     if not isinstance(doc, dict):
         raise BadInput("body: expected a JSON object")
+    for name in doc:
+        if name not in fields:
+            # Typos such as "author" for "created_by" get named rather than silently dropped.
+            raise BadInput(f"{name}: unknown field, expected one of {', '.join(fields)}")
     return doc
 
 
@@ -294,6 +314,38 @@ def _text_field(body: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise BadInput(f"{name}: required, expected non-empty text")
     return value.strip()
+
+
+def _time_field(body: dict[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    # A time without its zone would be read in the daemon's zone, not the sender's.
+    if moment is None or moment.tzinfo is None:
+        raise BadInput(
+            f"{name}: expected an RFC 3339 time with its zone, e.g. 2026-11-28T06:00:00Z"
+        )
+    return moment.timestamp()
+
+
+def _matchers(raw: object) -> Matchers:
+    from vcmon.alerts.policy import Matchers
+
+    if not isinstance(raw, dict):
+        raise BadInput('matchers: required, expected an object such as {"district": "Cô Tô"}')
+    try:
+        matchers = Matchers.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(["matchers", *(str(part) for part in first["loc"])])
+        raise BadInput(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
+    if matchers.empty():
+        raise BadInput("matchers: a silence must match something")
+    return matchers
 
 
 def json_response(doc: Any, status: int = 200) -> Response:
