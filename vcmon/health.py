@@ -90,7 +90,8 @@ def step(reach: Reach, ok: bool, at: float, policy: HealthPolicy) -> Reach:
     if flap.enabled:
         # As Nagios does, a short history is padded with its oldest result (no changes), so
         # the first results after a start cannot look like flapping.
-        pct = flap_pct((history[0],) * (flap.window - len(history)) + history)
+        steady = all(h == ok for h in history)  # the usual case, and 0 % by definition
+        pct = 0.0 if steady else flap_pct((history[0],) * (flap.window - len(history)) + history)
         if not flapping and pct >= flap.start_pct:
             flapping = True
         elif flapping and pct <= flap.stop_pct:

@@ -22,6 +22,7 @@ most one open alert per (target, kind), and every firing that was sent ends in o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -96,6 +97,7 @@ def target_of(ep: Endpoint) -> Target:
     return Target(ep.id, ep.name, ep.address, ep.district, ep.level.value, dict(ep.labels))
 
 
+@functools.lru_cache(maxsize=1024)
 def district_target(district: str) -> Target:
     """The pseudo-target of a district's roll-up alert."""
     return Target(DISTRICT_PREFIX + slugify(district), district, "", district, "district")
@@ -192,13 +194,34 @@ class AlertEngine:
         node = self.nodes.get(endpoint_id)
         if node is None:  # a round that ended after a reload removed its endpoint
             return Changes()
+        before = _verdict_inputs(node.reach)
         node.reach = step(node.reach, obs.up, obs.started_at, node.policy.health)
         node.quality = observe_quality(node.quality, obs, node.policy.quality)
         node.last = obs
         out = _Collector()
-        scope = [endpoint_id, *self._descendants(endpoint_id)]
+        scope = [endpoint_id]
+        below = self._descendants(endpoint_id)
+        # Children read their parents' verdicts: they need a look when this one changed, or
+        # when one of them is failing (its verdict may wait on this round). Otherwise a
+        # healthy root would re-decide the whole province on each of its rounds.
+        if below and (
+            _verdict_inputs(node.reach) != before
+            or any(self._troubled(self.nodes[d]) for d in below)
+        ):
+            scope += below
         self._evaluate(scope, now, out, districts={node.endpoint.district})
         return out.changes()
+
+    @staticmethod
+    def _troubled(node: Node) -> bool:
+        r = node.reach
+        return (
+            r.last_ok is False
+            or r.confirmed_up is False
+            or r.flapping
+            or node.held_since is not None
+            or node.reach_state is not State.UP
+        )
 
     def tick(self, now: float) -> Changes:
         """Time-driven decisions: maintenance windows, ended silences, held verdicts."""
@@ -364,14 +387,12 @@ class AlertEngine:
         self, scope: Sequence[str], now: float, out: _Collector, districts: Iterable[str]
     ) -> None:
         # Parents before children, so a child reads its parents' verdicts of this round.
-        for nid in scope:
-            self._decide_state(self.nodes[nid], now, out)
+        moved = [nid for nid in scope if self._decide_state(self.nodes[nid], now, out)]
         touched: dict[str, None] = dict.fromkeys(scope)
-        for nid in scope:
+        for nid in moved:
             touched.update(dict.fromkeys(self._ancestors(nid)))  # their affected lists
         for district in districts:
-            changed = self._reconcile_district(district, now, out)
-            if changed:
+            if self._reconcile_district(district, now, out):
                 touched.update(dict.fromkeys(self._members.get(district, ())))
         for nid in touched:
             self._reconcile_node(self.nodes[nid], now, out)
@@ -446,7 +467,9 @@ class AlertEngine:
             return State.DOWN
         return previous
 
-    def _decide_state(self, node: Node, now: float, out: _Collector) -> None:
+    def _decide_state(self, node: Node, now: float, out: _Collector) -> bool:
+        """Decide the node's states; True if its reach verdict changed."""
+        before = node.reach_state
         node.reach_state = self._reach_state(node, now)
         if windows.active_windows(self.config.maintenance, node.target, now, self.config.timezone):
             state: State | None = State.MAINTENANCE
@@ -459,7 +482,7 @@ class AlertEngine:
         else:
             state = node.reach_state
         if state is None:
-            return
+            return node.reach_state is not before
         if state is not node.state:
             node.state, node.since = state, now
         # What a restart needs: the state, and the confirmed reachability behind it (an
@@ -468,6 +491,7 @@ class AlertEngine:
         if durable != node.persisted:
             node.persisted = durable
             out.health[node.endpoint.id] = self._health_record(node)
+        return node.reach_state is not before
 
     def _health_record(self, node: Node) -> HealthRecord:
         return HealthRecord(
@@ -722,6 +746,11 @@ class _Collector:
             events=tuple(self.events),
             silences=tuple(self.silences),
         )
+
+
+def _verdict_inputs(reach: Reach) -> tuple[bool | None, bool | None, bool]:
+    """What of a parent's reachability its children's verdicts depend on, round to round."""
+    return (reach.last_ok, reach.confirmed_up, reach.flapping)
 
 
 def _parents_first(nodes: Mapping[str, Node]) -> list[str]:
