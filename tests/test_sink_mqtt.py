@@ -24,7 +24,8 @@ from pydantic import ValidationError
 
 from vcmon.alerts.model import AlertEvent, Kind, Measurements, Severity, Status, Target
 from vcmon.sinks.base import Retry
-from vcmon.sinks.mqtt import MqttConfig, MqttSink
+from vcmon.sinks.mqtt import MqttSink
+from vcmon.sinks.mqtt_config import MqttConfig
 
 from .mosquitto import HOST, Mosquitto, Proxy, missing
 

@@ -12,14 +12,16 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from vcmon.alerts.policy import Matchers
 from vcmon.logs import event as log_event
 from vcmon.sinks.base import Reject, Retry
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,8 @@ class AlertmanagerSink:
 
     async def start(self) -> None:
         """Create the HTTP client."""
+        import httpx  # here, not at the top: a daemon without this sink does not load it
+
         if self._client is None:
             verify: bool | str = self.config.verify_tls
             if self.config.verify_tls and self.config.ca_file:
@@ -112,6 +116,8 @@ class AlertmanagerSink:
             self._client = httpx.AsyncClient(timeout=self.config.timeout, verify=verify)
 
     async def _post(self, alerts: list[dict[str, Any]]) -> None:
+        import httpx
+
         if self._client is None:
             await self.start()
         assert self._client is not None

@@ -13,16 +13,22 @@ from pydantic import BaseModel, Field
 from vcmon.sinks.alertmanager import AlertmanagerConfig, AlertmanagerSink
 from vcmon.sinks.base import Sink
 from vcmon.sinks.console import ConsoleConfig, ConsoleSink
-from vcmon.sinks.mqtt import MqttConfig, MqttSink
+from vcmon.sinks.mqtt_config import MqttConfig
 
 # type → (config model, factory(config, instance) → sink)
 SINKS: Final[dict[str, tuple[type[BaseModel], Callable[[Any, str], Sink]]]] = {
     "console": (ConsoleConfig, lambda cfg, instance: ConsoleSink(cfg)),
     "alertmanager": (AlertmanagerConfig, lambda cfg, instance: AlertmanagerSink(cfg)),
-    "mqtt": (MqttConfig, lambda cfg, instance: MqttSink(cfg, instance)),
+    "mqtt": (MqttConfig, lambda cfg, instance: _mqtt(cfg, instance)),
 }
 
 SinkConfig = Annotated[ConsoleConfig | AlertmanagerConfig | MqttConfig, Field(discriminator="type")]
+
+
+def _mqtt(config: MqttConfig, instance: str) -> Sink:
+    from vcmon.sinks.mqtt import MqttSink  # the client library only when an MQTT sink exists
+
+    return MqttSink(config, instance)
 
 
 def build_sinks(configs: Sequence[Any], instance: str) -> list[Sink]:
