@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from vcmon import __version__, logs
+from vcmon import __version__, logs, silence_cli
 from vcmon.config import Config, ConfigError, Level, load_config
 from vcmon.status_view import SORT_KEYS
 from vcmon.status_view import View as StatusView
@@ -631,94 +631,30 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
-# --- the outbox ---------------------------------------------------------------------------------
+# --- alerts and silences, through the daemon's API --------------------------------------------
 
 
-def _api(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    """Call the daemon's API; exit 1 with one line when it cannot be reached or refuses."""
-    import httpx
-
-    url = _status_url(args)
+def cmd_daemon_api(args: argparse.Namespace) -> int:
+    """`vcmon silence …` and `vcmon alerts list`: run ``args.run`` and draw what it returns."""
     try:
-        resp = httpx.request(method, url + path, json=body, timeout=5.0)
-    except httpx.HTTPError as exc:
-        err.print(f"vcmon: cannot reach vcmon at {url}: {exc}; is the daemon running?",
-                  markup=False)  # fmt: skip
-        raise SystemExit(EXIT_FAILURE) from None
-    doc = resp.json() if resp.content else {}
-    if resp.status_code >= 400:
-        err.print(f"vcmon: {doc.get('error', resp.text)}", markup=False)
-        raise SystemExit(EXIT_FAILURE)
-    return doc
-
-
-def _matchers_text(matchers: dict[str, Any]) -> str:
-    parts = [f"{k}={v!r}" for k, v in matchers.items() if k != "labels"]
-    parts += [f"{k}={v!r}" for k, v in (matchers.get("labels") or {}).items()]
-    return " ".join(parts)
-
-
-def cmd_silence(args: argparse.Namespace) -> int:
-    import json
-    import os
-
-    if args.silence_command == "add":
-        matchers: dict[str, Any] = {
-            k: getattr(args, k)
-            for k in ("endpoint", "district", "level", "kind", "severity")
-            if getattr(args, k)
-        }
-        labels = {}
-        for item in args.label or ():
-            key, sep, value = item.partition("=")
-            if not sep:
-                err.print(f"vcmon: --label {item!r}: expected NAME=VALUE", markup=False)
-                return EXIT_USAGE
-            labels[key] = value
-        if labels:
-            matchers["labels"] = labels
-        author = args.author or os.environ.get("USER") or "unknown"
-        doc = _api(args, "POST", "/api/v1/silences", {"matchers": matchers,
-                   "duration": args.duration, "comment": args.comment,
-                   "created_by": author})  # fmt: skip
-        out.print(doc["id"], markup=False)
-        return EXIT_OK
-    if args.silence_command == "expire":
-        _api(args, "DELETE", f"/api/v1/silences/{args.id}")
-        out.print(f"silence {args.id} expired", markup=False)
-        return EXIT_OK
-    docs = _api(args, "GET", "/api/v1/silences" + ("?expired=1" if args.expired else ""))
-    if args.json:
-        out.print(json.dumps(docs, ensure_ascii=False, indent=2), markup=False)
-        return EXIT_OK
-    table = Table(title=f"{len(docs['silences'])} silences")
-    for col in ("id", "matchers", "until", "by", "comment", "active"):
-        table.add_column(col)
-    for sd in docs["silences"]:
-        table.add_row(sd["id"], _matchers_text(sd["matchers"]), sd["ends_at"], sd["created_by"],
-                      sd["comment"], "yes" if sd["active"] else "no")  # fmt: skip
-    out.print(table)
+        output = args.run(args)
+    except silence_cli.CommandError as exc:
+        err.print(f"vcmon: {exc}", markup=False)
+        return exc.code
+    if isinstance(output, silence_cli.Grid):
+        table = Table(title=Text(output.title), title_justify="left")
+        for col in output.columns:
+            table.add_column(col)
+        for row in output.rows:
+            table.add_row(*(Text(cell.text, style=cell.style) for cell in row))
+        # Piped into a file or grep, one line per row beats columns squeezed into 80.
+        (out if out.is_terminal else Console(highlight=False, width=240)).print(table)
+    else:
+        sys.stdout.write(output + "\n")  # ids and JSON verbatim: no markup, no emoji codes
     return EXIT_OK
 
 
-def cmd_alerts_list(args: argparse.Namespace) -> int:
-    import json
-
-    docs = _api(args, "GET", "/api/v1/alerts")
-    if args.json:
-        out.print(json.dumps(docs, ensure_ascii=False, indent=2), markup=False)
-        return EXIT_OK
-    table = Table(title=f"{len(docs['alerts'])} open alerts")
-    for col in ("severity", "kind", "endpoint", "district", "since", "affected", "held back by"):
-        table.add_column(col)
-    for a in docs["alerts"]:
-        table.add_row(
-            Text(a["severity"], style="bold red" if a["severity"] == "critical" else "yellow"),
-            a["kind"], a["endpoint"]["id"], a["endpoint"]["district"], a["started_at"],
-            str(len(a["affected"]) or ""), a["suppressed_by"] or "",
-        )  # fmt: skip
-    out.print(table)
-    return EXIT_OK
+# --- the outbox ---------------------------------------------------------------------------------
 
 
 def cmd_alerts_test(args: argparse.Namespace) -> int:
@@ -889,31 +825,7 @@ def parser() -> argparse.ArgumentParser:
     al_test.add_argument("-c", "--config", required=True, help="config file (YAML)")
     al_test.add_argument("--sink", help="only this sink")
     al_test.set_defaults(func=cmd_alerts_test)
-    al_list = al_sub.add_parser("list", help="open alerts of a running daemon")
-    _daemon_address(al_list)
-    al_list.add_argument("--json", action="store_true", help="the API's JSON")
-    al_list.set_defaults(func=cmd_alerts_list)
-
-    sil = sub.add_parser("silence", help="mute alerts for a while (through the daemon's API)")
-    sil_sub = sil.add_subparsers(dest="silence_command", required=True)
-    sil_add = sil_sub.add_parser("add", help="create a silence; prints its id")
-    _daemon_address(sil_add)
-    for name in ("endpoint", "district", "level", "kind", "severity"):
-        sil_add.add_argument(f"--{name}", help=f"match this {name} (exact, or ~regex)")
-    sil_add.add_argument("--label", action="append", metavar="NAME=VALUE", help="match a label")
-    sil_add.add_argument("--duration", required=True, help="how long: 90s, 30m, 2h, 1d, 1h30m")
-    sil_add.add_argument("--comment", required=True, help="why (shown to everyone)")
-    sil_add.add_argument("--author", help="who (default: $USER)")
-    sil_add.set_defaults(func=cmd_silence)
-    sil_list = sil_sub.add_parser("list", help="silences in force (--expired: also ended ones)")
-    _daemon_address(sil_list)
-    sil_list.add_argument("--expired", action="store_true")
-    sil_list.add_argument("--json", action="store_true", help="the API's JSON")
-    sil_list.set_defaults(func=cmd_silence)
-    sil_exp = sil_sub.add_parser("expire", help="end a silence now")
-    _daemon_address(sil_exp)
-    sil_exp.add_argument("id")
-    sil_exp.set_defaults(func=cmd_silence)
+    silence_cli.add_parsers(sub, al_sub, cmd_daemon_api)
 
     st = sub.add_parser("status", help="live view of a running daemon (its status API)")
     _daemon_address(st)
