@@ -349,7 +349,8 @@ class AlertEngine:
             )
             node.state = State(rec.state)
             node.since = rec.since
-            node.persisted = (node.state, rec.confirmed_up, rec.flapping)
+            confirmed = None if node.state is State.UP else rec.confirmed_up
+            node.persisted = (node.state, confirmed, rec.flapping)
             if node.state in (State.UP, State.DOWN, State.UNREACHABLE, State.DEGRADED):
                 node.reach_state = State.UP if node.state is State.DEGRADED else node.state
         return node
@@ -487,7 +488,10 @@ class AlertEngine:
             node.state, node.since = state, now
         # What a restart needs: the state, and the confirmed reachability behind it (an
         # unreachable child may be confirmed down or not).
-        durable = (node.state, node.reach.confirmed_up, node.reach.flapping)
+        # An endpoint that is plainly up needs nothing more: not writing its confirmation
+        # spares every endpoint a commit at start.
+        confirmed = None if node.state is State.UP else node.reach.confirmed_up
+        durable = (node.state, confirmed, node.reach.flapping)
         if durable != node.persisted:
             node.persisted = durable
             out.health[node.endpoint.id] = self._health_record(node)
