@@ -252,7 +252,8 @@ def test_list_and_expire(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> 
 def test_the_list_as_a_table(daemon: Daemon) -> None:
     add(daemon, "--endpoint", "x")
     add(daemon, "--severity", "critical", comment="đêm")
-    first, second = daemon.silences()
+    by_comment = {s.comment: s for s in daemon.silences()}  # made in the same instant
+    first, second = by_comment["bảo trì viba"], by_comment["đêm"]
     daemon.do(lambda runtime: runtime.expire_silence(second.id))
     daemon.clock.advance(600)
 
