@@ -33,7 +33,8 @@ class Receiver:
     port: int = field(default_factory=free_port)
     script: list[int] = field(default_factory=list)
     retry_after: str | None = None
-    hang: threading.Event = field(default_factory=threading.Event)
+    # While held, requests get no answer at all (a receiver that hangs); release() ends it.
+    _released: threading.Event = field(default_factory=threading.Event)
     received: list[Received] = field(default_factory=list)
     answered: list[int] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
@@ -43,8 +44,17 @@ class Receiver:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def hold(self) -> None:
+        """From now on, answer nothing."""
+        self._released.clear()
+
+    def release(self) -> None:
+        """Answer again (requests held so far get no answer: their clients gave up)."""
+        self._released.set()
+
     def start(self) -> None:
         receiver = self
+        self._released.set()
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, format: str, *args: Any) -> None:
@@ -52,8 +62,8 @@ class Receiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                if receiver.hang.is_set():
-                    receiver.hang.wait(3600)  # until the test ends it (close)
+                if not receiver._released.is_set():
+                    receiver._released.wait(3600)  # until released (or the test ends)
                     return
                 with receiver._lock:
                     status = receiver.script.pop(0) if receiver.script else 200
@@ -95,5 +105,5 @@ def receiving(**kwargs: Any) -> Iterator[Receiver]:
     try:
         yield r
     finally:
-        r.hang.clear()
+        r.release()
         r.stop()

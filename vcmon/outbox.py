@@ -119,7 +119,7 @@ class Dispatcher:
                 for decided, doc in batch:
                     outcome = await self._deliver(doc, decided) if self.route(doc) else None
                     if isinstance(outcome, Gone):
-                        self.stats.disabled = outcome.detail or outcome.reason
+                        self.stats.disabled = outcome.reason
                         event(log, logging.ERROR, "sink_disabled", sink=name,
                               reason=outcome.reason, detail=outcome.detail)  # fmt: skip
                         return

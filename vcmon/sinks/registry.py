@@ -14,12 +14,14 @@ from vcmon.sinks.alertmanager import AlertmanagerConfig, AlertmanagerSink
 from vcmon.sinks.base import Sink
 from vcmon.sinks.console import ConsoleConfig, ConsoleSink
 from vcmon.sinks.mqtt_config import MqttConfig
+from vcmon.sinks.webhook import WebhookConfig, WebhookSink
 
 # type → (config model, factory(config, instance) → sink)
 SINKS: Final[dict[str, tuple[type[BaseModel], Callable[[Any, str], Sink]]]] = {
     "console": (ConsoleConfig, lambda cfg, instance: ConsoleSink(cfg)),
     "alertmanager": (AlertmanagerConfig, lambda cfg, instance: AlertmanagerSink(cfg)),
     "mqtt": (MqttConfig, lambda cfg, instance: _mqtt(cfg, instance)),
+    "webhook": (WebhookConfig, lambda cfg, instance: WebhookSink(cfg)),
 }
 
 SinkConfig = Annotated[ConsoleConfig | AlertmanagerConfig | MqttConfig, Field(discriminator="type")]
