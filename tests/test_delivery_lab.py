@@ -5,6 +5,7 @@ and a SIGKILL of the daemon."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -16,8 +17,11 @@ import aiomqtt
 import httpx
 import pytest
 
+from vcmon.sinks.webhook import verify_signature
+
 from .conftest import ProvinceLab, ProvinceLabFactory
 from .mosquitto import Mosquitto, missing
+from .receivers import Receiver, receiving
 from .test_alert_lab import CLEAN, INVENTORY, healthy, running, until
 
 pytestmark = pytest.mark.timeout(300)
@@ -65,13 +69,20 @@ def am_alerts(url: str) -> list[dict[str, Any]]:
     return alerts
 
 
-def with_sinks(env: ProvinceLab, broker: Mosquitto, alertmanager: str) -> None:
+SECRET = "whsec_" + base64.b64encode(b"lab webhook secret, 32 bytes....").decode()
+
+
+def with_sinks(
+    env: ProvinceLab, broker: Mosquitto, alertmanager: str, hook: Receiver | None = None
+) -> None:
     text = env.config_path.read_text(encoding="utf-8")
     text += (
         "sinks:\n"
         f"  - {{type: mqtt, port: {broker.port}}}\n"
         f"  - {{type: alertmanager, url: '{alertmanager}', repost_interval: 2}}\n"
     )
+    if hook is not None:
+        text += f"  - {{type: webhook, url: '{hook.url}/vcmon', secrets: ['{SECRET}']}}\n"
     env.config_path.write_text(text, encoding="utf-8")
 
 
@@ -84,11 +95,18 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield b
 
 
-async def test_outage_and_resolve_arrive_on_mqtt_and_alertmanager(
+async def test_outage_and_resolve_arrive_on_mqtt_alertmanager_and_a_webhook(
     province_lab: ProvinceLabFactory, broker: Mosquitto, alertmanager: str
 ) -> None:
     env = province_lab(INVENTORY, profiles=CLEAN, seed=11)
-    with_sinks(env, broker, alertmanager)
+    with receiving() as hook:
+        with_sinks(env, broker, alertmanager, hook)
+        await outage_on_all_three(env, broker, alertmanager, hook)
+
+
+async def outage_on_all_three(
+    env: ProvinceLab, broker: Mosquitto, alertmanager: str, hook: Receiver
+) -> None:
     async with subscribed(broker) as mqtt, running(env) as daemon:
         await healthy(daemon, env)
         play = asyncio.create_task(env.play("steps:\n  - {at: 0, uplink: co-to, for: 8}\n"))
@@ -110,7 +128,13 @@ async def test_outage_and_resolve_arrive_on_mqtt_and_alertmanager(
             15, "the resolve in Alertmanager", daemon,
         )  # fmt: skip
         resolved = mqtt.of("group_down", "resolved")[0]
+        await until(lambda: len(hook.received) >= 2, 15, "both on the webhook", daemon)
     assert resolved["alert_id"] == fired["alert_id"]
+    assert hook.ids() == [fired["id"], resolved["id"]]
+    for got in hook.received:
+        assert verify_signature(SECRET, got.headers, got.body, time.time())
+    assert [r.json()["type"] for r in hook.received] == ["vcmon.alert.firing",
+                                                         "vcmon.alert.resolved"]  # fmt: skip
     assert sorted(fired["affected"]) == ["co-to-co-to", "co-to-dong-tien", "co-to-thanh-lan"]
     assert len(set(mqtt.ids())) == len(mqtt.ids()) == 2
 

@@ -251,3 +251,12 @@ def test_outbox_command_lists_backlog_and_dead_letters(
     assert "s: 1 dead letters requeued" in capsys.readouterr().out
     with Store.open(tmp_path / "state.db") as store:
         assert store.cursor("s") == 0
+
+
+def test_every_registered_sink_type_is_in_the_config_schema() -> None:
+    from typing import get_args
+
+    from vcmon.sinks.registry import SINKS, SinkConfig
+
+    union = get_args(get_args(SinkConfig)[0])
+    assert {cfg for cfg, _ in SINKS.values()} == set(union)
