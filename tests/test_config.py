@@ -279,6 +279,11 @@ CORPUS: list[tuple[str, str]] = [
         "{d}/sinks-unknown-type.yaml:3:5: sinks[1]: unknown type 'consol' "
         "(did you mean 'console'?)",
     ),
+    (
+        "sinks-webhook-secret-unset.yaml",
+        "{d}/sinks-webhook-secret-unset.yaml:3:5: sinks[1]: webhook noc: environment variable "
+        "VCMON_NEVER_SET_IN_TESTS is not set",
+    ),
 ]
 
 

@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from vcmon.alerts.policy import AlertsConfig, Override
+from vcmon.sinks.base import SinkSetupError
 from vcmon.sinks.registry import SinkConfig
 from vcmon.text import slugify
 
@@ -986,6 +987,20 @@ def _where(entry: _Entry, relative_to: _Source) -> str:
     return f"{format_path(entry.loc)} in {entry.source.name}{at}"
 
 
+def _sink_problems(main: _Source, sinks: Sequence[BaseModel]) -> list[Problem]:
+    """What a sink would fail on at start-up (an unset secret variable, an unreadable file)."""
+    found = []
+    for i, sink in enumerate(sinks):
+        check = getattr(sink, "check", None)
+        if check is None:
+            continue
+        try:
+            check()
+        except SinkSetupError as exc:
+            found.append(main.problem(("sinks", i), str(exc)))
+    return found
+
+
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
     """Read, validate and resolve a config file and its inventory files; ConfigError if wrong."""
     env = os.environ if env is None else env
@@ -1054,6 +1069,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
             if ep is not None:
                 endpoints.append(ep)
         problems.extend(_policy_problems(main, settings.alerts, entries))
+        problems.extend(_sink_problems(main, settings.sinks))
     if problems:
         order = {name: i for i, name in reversed(list(enumerate(files)))}
         problems.sort(key=lambda p: (order.get(p.file, 0), p.line or 0, p.column or 0))

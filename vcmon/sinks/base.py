@@ -38,6 +38,13 @@ class Gone(SinkError):
     """The target asked never to be called again (HTTP 410): disable it."""
 
 
+class SinkSetupError(ValueError):
+    """A sink cannot be built from its config: a secret or file it names is missing or wrong.
+
+    Config loading calls each sink config's ``check()`` so this is reported as a config error.
+    """
+
+
 class Sink(Protocol):
     """One configured destination."""
 

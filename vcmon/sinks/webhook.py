@@ -1,256 +1,379 @@
-"""The webhook sink: one signed HTTP POST per event (Standard Webhooks), in vcmon's native
-envelope, the Alertmanager webhook v4 body, or a chat message (Telegram, Slack-compatible).
+"""The webhook sink: one signed HTTP POST per event, as the Standard Webhooks spec has it.
 
-Headers ``webhook-id`` (the event id: receivers dedupe on it), ``webhook-timestamp`` and
-``webhook-signature``: ``v1,`` + base64 HMAC-SHA256 of ``id.timestamp.body`` under the bytes
-of each secret after ``whsec_`` — several secrets give several signatures, so a receiver can
-rotate. 2xx is delivered; 408, 429 and 5xx are retried (Retry-After honoured); 410 disables
-the target; other 4xx go to the dead letters.
+Headers ``webhook-id`` (the event id: receivers dedupe on it), ``webhook-timestamp`` (Unix
+seconds) and ``webhook-signature``: ``v1,`` + base64 HMAC-SHA256 of ``id.timestamp.body`` keyed
+by the bytes after ``whsec_`` of a secret. Several secrets give several space-separated
+signatures, so a receiver can move to a new secret while the old one still verifies.
+
+What the receiver answered decides what the outbox does: 2xx delivered; 408, 429, 5xx and
+network errors retried (``Retry-After`` honoured); 410 disables the target; other answers go
+to the dead letters. The bodies are built in :mod:`vcmon.sinks.webhook_bodies`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import datetime as dt
 import hashlib
 import hmac
-import html
-import json
+import math
 import os
+import re
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, PrivateAttr, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from vcmon.alerts.model import rfc3339
+from vcmon import __version__
 from vcmon.alerts.policy import Matchers
-from vcmon.sinks.base import Gone, Reject, Retry
+from vcmon.sinks.base import Gone, Reject, Retry, SinkSetupError
+from vcmon.sinks.webhook_bodies import BodyKind, body_for
 
 if TYPE_CHECKING:
     import httpx
 
-MAX_RETRY_AFTER = 3600.0  # s; a receiver asking for longer gets an hour
+MAX_RETRY_AFTER: Final = 3600.0  # s; a receiver asking for longer is asked again in an hour
+SECRET_PREFIX: Final = "whsec_"
+MIN_SECRET_BYTES: Final = 16  # below this an HMAC key is guessable; the spec advises 24+
+# Bytes of an answer read at most: enough for an error's detail, and a 2xx body is drained so
+# the connection can be reused, without letting a receiver stream into memory.
+MAX_ANSWER: Final = 64 * 1024
+DETAIL_CHARS: Final = 200
+# Set by the sink itself; a configured header of the same name would send two.
+RESERVED_HEADERS: Final = frozenset(
+    {"content-type", "content-length", "host", "webhook-id", "webhook-timestamp",
+     "webhook-signature"}
+)  # fmt: skip
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110)
 
 
-def _http_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-    return value
+class WebhookSetupError(SinkSetupError):
+    """A webhook sink cannot be built: its secret or CA file is missing or wrong."""
 
 
-def _secret_key(value: str) -> bytes:
-    if not value.startswith("whsec_"):
-        raise ValueError("expected a secret of the form whsec_<base64>")
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret; ValueError (without the secret) if bad."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError(f"expected a secret of the form {SECRET_PREFIX}<base64>")
     try:
-        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("the part after whsec_ is not base64") from None
-    if len(key) < 16:
-        raise ValueError("expected at least 16 bytes of secret after whsec_")
+        raise ValueError(f"the part after {SECRET_PREFIX} is not base64") from None
+    if len(key) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"expected at least {MIN_SECRET_BYTES} bytes of secret after {SECRET_PREFIX}, "
+            f"got {len(key)}"
+        )
     return key
 
 
 def _secrets(value: tuple[str, ...]) -> tuple[str, ...]:
-    for secret in value:
-        _secret_key(secret)
+    for i, secret in enumerate(value):
+        try:
+            secret_key(secret)
+        except ValueError as exc:
+            raise ValueError(f"secrets[{i}]: {exc}") from None
+    return value
+
+
+def _http_url(value: str) -> str:
+    problem = f"expected an http:// or https:// URL with a host, got {value!r}"
+    if any(c.isspace() or ord(c) < 32 for c in value):
+        raise ValueError(problem)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise ValueError(problem) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(problem)
+    return value
+
+
+def _not_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+def _positive(value: float) -> float:
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"expected a number of seconds > 0, got {value:g}")
+    return value
+
+
+def _chat_id(value: object) -> object:
+    # YAML reads a numeric chat id (-1001234567890) as a number.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _headers(value: Mapping[str, str]) -> Mapping[str, str]:
+    for name, text in value.items():
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"headers: {name!r} is not a valid header name")
+        if name.lower() in RESERVED_HEADERS:
+            raise ValueError(f"headers: {name} is set by vcmon itself")
+        if any(c in text for c in "\r\n\0"):
+            raise ValueError(f"headers: the value of {name} has a line break")
     return value
 
 
 class WebhookConfig(BaseModel):
-    """``type: webhook``."""
+    """``type: webhook``: where to POST, in which body, signed with which secrets."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # hide_input_in_errors: a malformed secret must not be echoed in the error's text.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
-    type: Literal["webhook"]
+    type: Literal["webhook"] = "webhook"
     name: str = "webhook"
     url: Annotated[str, AfterValidator(_http_url)]
     match: Matchers = Matchers()
-    body: Literal["vcmon", "alertmanager", "telegram", "slack"] = "vcmon"
-    secrets: Annotated[tuple[str, ...], AfterValidator(_secrets)] = ()
-    secret_env: str | None = None  # or one secret from this environment variable
-    secret_file: str | None = None  # or from this file
-    chat_id: str | None = None  # Telegram's chat
-    timeout: float = 5.0
+    body: BodyKind = "vcmon"
+    # Secrets are kept out of repr(): a config may be logged or shown in a traceback.
+    secrets: Annotated[tuple[str, ...], AfterValidator(_secrets)] = Field(default=(), repr=False)
+    secret_env: str | None = None  # or the name of an environment variable holding them
+    secret_file: str | None = None  # or a file holding them
+    chat_id: Annotated[str | None, BeforeValidator(_chat_id)] = None  # body telegram's chat
+    timeout: Annotated[float, BeforeValidator(_not_bool), AfterValidator(_positive)] = 5.0
     verify_tls: bool = True
-    ca_file: str | None = None
-    headers: Mapping[str, str] = {}
-
-    _keys: tuple[bytes, ...] = PrivateAttr(default=())
+    ca_file: str | None = None  # trust this CA (PEM) instead of the system's
+    headers: Annotated[Mapping[str, str], AfterValidator(_headers)] = Field(
+        default_factory=dict, repr=False
+    )
 
     @model_validator(mode="after")
-    def _resolve(self) -> WebhookConfig:
-        secrets = list(self.secrets)
-        if self.secret_env is not None:
-            value = os.environ.get(self.secret_env)
-            if value is None:
-                raise ValueError(f"secret_env: environment variable {self.secret_env} is unset")
-            secrets.append(value.strip())
-        if self.secret_file is not None:
-            try:
-                secrets.append(Path(self.secret_file).read_text(encoding="utf-8").strip())
-            except OSError as exc:
-                raise ValueError(f"secret_file: cannot read {self.secret_file}: {exc}") from None
-        self._keys = tuple(_secret_key(s) for s in secrets)
+    def _consistent(self) -> WebhookConfig:
+        given = [k for k in ("secrets", "secret_env", "secret_file") if getattr(self, k)]
+        if len(given) > 1:
+            raise ValueError(f"give one of secrets, secret_env, secret_file, not {given}")
         if self.body == "telegram" and not self.chat_id:
             raise ValueError("body telegram needs chat_id")
+        if self.chat_id is not None and self.body != "telegram":
+            raise ValueError(f"chat_id is for body telegram, not {self.body}")
+        if self.ca_file is not None and not self.verify_tls:
+            raise ValueError("ca_file has no use with verify_tls: false")
+        if not self.name:
+            raise ValueError("name: expected a non-empty name")
         return self
 
-    @property
     def keys(self) -> tuple[bytes, ...]:
-        """The HMAC keys, from every source."""
-        return self._keys
+        """The HMAC keys, read now from wherever they are; WebhookSetupError if unusable."""
+        if self.secrets:
+            return tuple(secret_key(s) for s in self.secrets)
+        if self.secret_env is not None:
+            where = f"environment variable {self.secret_env}"
+            text = os.environ.get(self.secret_env)
+            if text is None:
+                raise WebhookSetupError(f"webhook {self.name}: {where} is not set")
+        elif self.secret_file is not None:
+            where = f"secret_file {self.secret_file}"
+            try:
+                text = Path(self.secret_file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise WebhookSetupError(
+                    f"webhook {self.name}: cannot read {where}: {reason}"
+                ) from None
+        else:
+            return ()
+        # Whitespace-separated, so a rotation needs no config change: put both in, then one.
+        secrets = text.split()
+        if not secrets:
+            raise WebhookSetupError(f"webhook {self.name}: {where} is empty")
+        try:
+            return tuple(secret_key(s) for s in secrets)
+        except ValueError as exc:
+            raise WebhookSetupError(f"webhook {self.name}: {where}: {exc}") from None
+
+    def check(self) -> None:
+        """Read the secrets and the CA file as the sink will; WebhookSetupError if unusable."""
+        self.keys()
+        self.tls_context()
+
+    def tls_context(self) -> ssl.SSLContext | Literal[False]:
+        """How to check the receiver's certificate; False when not at all."""
+        if not self.verify_tls:
+            return False
+        # The system's store by default (not certifi's): an internal CA installed with
+        # update-ca-certificates is then trusted as by every other program on the host.
+        try:
+            return ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise WebhookSetupError(
+                f"webhook {self.name}: cannot load ca_file {self.ca_file}: {reason}"
+            ) from None
 
 
 def sign(keys: tuple[bytes, ...], msg_id: str, timestamp: int, body: bytes) -> str:
     """The ``webhook-signature`` header: one ``v1,<base64>`` per key, space-separated."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return " ".join(
-        "v1," + base64.b64encode(hmac.new(k, signed, hashlib.sha256).digest()).decode()
-        for k in keys
+        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        for key in keys
     )
 
 
 def verify_signature(
     secret: str, headers: Mapping[str, str], body: bytes, now: float, tolerance: float = 300
 ) -> bool:
-    """What a receiver checks: the timestamp is recent and one signature matches ``secret``."""
+    """What a receiver checks: the timestamp is within ``tolerance`` seconds of ``now`` and one
+    of the signatures is that of ``secret``. ValueError if ``secret`` itself is malformed."""
+    key = secret_key(secret)
+    lower = {k.lower(): v for k, v in headers.items()}
     try:
-        msg_id = headers["webhook-id"]
-        timestamp = int(headers["webhook-timestamp"])
-        given = headers["webhook-signature"].split()
+        msg_id = lower["webhook-id"]
+        timestamp = int(lower["webhook-timestamp"])
+        given = lower["webhook-signature"].split()
     except (KeyError, ValueError):
         return False
-    if abs(now - timestamp) > tolerance:
+    if not msg_id or abs(now - timestamp) > tolerance:  # a replay of an old request
         return False
-    (expected,) = sign((_secret_key(secret),), msg_id, timestamp, body).split()
-    return any(hmac.compare_digest(expected, g) for g in given)
+    expected = sign((key,), msg_id, timestamp, body).encode()
+    # Compared as bytes: compare_digest refuses non-ASCII text, which a sender may put here.
+    return any(hmac.compare_digest(expected, g.encode("utf-8", "replace")) for g in given)
 
 
-def body_for(kind: str, event: Mapping[str, Any], now: float, chat_id: str | None = None) -> bytes:
-    """The request body of one event in the configured form."""
-    status = str(event["status"])
-    doc: Any
-    if kind == "vcmon":
-        doc = {"type": f"vcmon.alert.{status}", "timestamp": rfc3339(now), "data": event}
-    elif kind == "alertmanager":
-        doc = _alertmanager_v4(event)
-    else:
-        icon = {"firing": "🔴", "resolved": "✅", "acknowledged": "👀"}.get(status, "•")
-        summary, description = str(event.get("summary", "")), str(event.get("description", ""))
-        if kind == "telegram":
-            text = f"{icon} <b>{html.escape(summary)}</b>\n{html.escape(description)}"
-            doc = {"chat_id": chat_id, "text": text, "parse_mode": "HTML"}
-        else:  # Slack, Mattermost, Rocket.Chat incoming webhooks
-            doc = {"text": f"{icon} *{summary}*\n{description}"}
-    return json.dumps(doc, ensure_ascii=False).encode()
-
-
-def _alertmanager_v4(event: Mapping[str, Any]) -> dict[str, Any]:
-    ep = event.get("endpoint") or {}
-    labels = {
-        "alertname": str(event["kind"]),
-        "endpoint": str(ep.get("id", "")),
-        "district": str(ep.get("district", "")),
-        "level": str(ep.get("level", "")),
-        "severity": str(event["severity"]),
-        "instance": str(event.get("instance", "")),
-    }
-    resolved = event["status"] == "resolved"
-    alert = {
-        "status": "resolved" if resolved else "firing",
-        "labels": labels,
-        "annotations": {
-            "summary": event.get("summary", ""),
-            "description": event.get("description", ""),
-        },
-        "startsAt": event["started_at"],
-        "endsAt": event.get("ended_at") or "0001-01-01T00:00:00Z",
-        "generatorURL": "",
-        "fingerprint": hashlib.sha256(str(event["alert_id"]).encode()).hexdigest()[:16],
-    }
-    return {
-        "version": "4",
-        "groupKey": f'{{}}:{{alert_id="{event["alert_id"]}"}}',
-        "truncatedAlerts": 0,
-        "status": alert["status"],
-        "receiver": "vcmon",
-        "groupLabels": {"alertname": labels["alertname"]},
-        "commonLabels": labels,
-        "commonAnnotations": alert["annotations"],
-        "externalURL": "",
-        "alerts": [alert],
-    }
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped at an hour."""
-    if not value:
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), in
+    [0, MAX_RETRY_AFTER]; None when absent or unreadable."""
+    if value is None:
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
+    value = value.strip()
+    if re.fullmatch(r"[0-9]+", value):
+        seconds = float(int(value))
+    else:
         try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
             return None
+        if when.tzinfo is None:  # "-0000": the spec's dates are GMT anyway
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = when.timestamp() - now
     return max(0.0, min(seconds, MAX_RETRY_AFTER))
 
 
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    # httpx wraps httpcore's error, which wraps the ssl module's: look down the chain.
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
 class WebhookSink:
-    """Posts each event to one URL."""
+    """Posts each event to one URL, through one HTTP client kept for the sink's life."""
 
     def __init__(self, config: WebhookConfig, clock: Callable[[], float] = time.time) -> None:
+        """Read the secrets and the CA now, so a missing one fails at start-up, by name."""
         self.name = config.name
         self.config = config
         self._clock = clock
+        self._keys = config.keys()
+        self._verify = config.tls_context()
+        self._body_opts: dict[str, Any] = {}
+        if config.body == "alertmanager":
+            self._body_opts = {"receiver": config.name}
+        elif config.body == "telegram":
+            self._body_opts = {"chat_id": config.chat_id}
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        """Create the HTTP client (reused for every send)."""
+        """Create the HTTP client, once (the outbox calls this again after a failed connect)."""
         import httpx  # here, not at the top: a daemon without this sink does not load it
 
         if self._client is None:
-            verify: bool | str = self.config.verify_tls
-            if self.config.verify_tls and self.config.ca_file:
-                verify = self.config.ca_file
-            self._client = httpx.AsyncClient(timeout=self.config.timeout, verify=verify)
+            self._client = httpx.AsyncClient(
+                timeout=self.config.timeout,
+                verify=self._verify,
+                follow_redirects=False,  # a redirected POST may lose its body or go elsewhere
+                headers={"user-agent": f"vcmon/{__version__}"},
+            )
 
     async def send(self, event: Mapping[str, Any]) -> None:
         """POST one event; return on 2xx, raise Retry, Reject or Gone otherwise."""
         import httpx
 
-        await self.start()
+        if self._client is None:
+            await self.start()
         assert self._client is not None
         now = self._clock()
-        body = body_for(self.config.body, event, now, self.config.chat_id)
-        headers = {**self.config.headers, "content-type": "application/json",
-                   "webhook-id": str(event["id"]), "webhook-timestamp": str(int(now))}  # fmt: skip
-        if self.config.keys:
-            headers["webhook-signature"] = sign(self.config.keys, str(event["id"]), int(now), body)
+        timestamp = int(now)
         try:
-            resp = await self._client.post(self.config.url, content=body, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise Retry("timeout", str(exc)) from None
-        except httpx.ConnectError as exc:
-            reason = "tls" if "SSL" in str(exc) or "certificate" in str(exc) else "connect"
-            raise Retry(reason, str(exc)) from None
+            msg_id = str(event["id"])
+            body = body_for(self.config.body, event, now, **self._body_opts)
+        except (KeyError, TypeError, ValueError) as exc:
+            # Retrying cannot fix an event that lacks what its body needs.
+            raise Reject("bad_event", _describe(exc)) from None
+        headers = {
+            **self.config.headers,
+            "content-type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+        }
+        if self._keys:
+            headers["webhook-signature"] = sign(self._keys, msg_id, timestamp, body)
+        request = self._client.build_request("POST", self.config.url, content=body, headers=headers)
+        # httpx's timeout is per read; this deadline bounds the whole exchange, so a receiver
+        # that trickles its answer cannot hold the sink longer than `timeout` either.
+        deadline = asyncio.get_running_loop().time() + self.config.timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self._client.send(request, stream=True)
+        except (TimeoutError, httpx.TimeoutException):
+            raise Retry("timeout", f"no answer within {self.config.timeout:g} s") from None
         except httpx.HTTPError as exc:
-            raise Retry("connect", str(exc)) from None
-        code = resp.status_code
+            tls = _tls_failure(exc)
+            if tls is not None:
+                raise Retry("tls", _describe(tls)) from None
+            raise Retry("connect", _describe(exc)) from None
+        try:
+            code, after = response.status_code, response.headers.get("retry-after")
+            answer = b""
+            # The status decides; a body cut short must not turn a 2xx into a retry.
+            with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                async with asyncio.timeout_at(deadline):
+                    answer = await _read_some(response, MAX_ANSWER)
+        finally:
+            await response.aclose()
         if 200 <= code < 300:
             return
-        detail = resp.text[:200]
+        detail = " ".join(answer.decode("utf-8", "replace").split())[:DETAIL_CHARS]
+        reason = f"http_{code}"
         if code == 410:
-            raise Gone("http_410", detail)
+            raise Gone(reason, detail)
         if code in (408, 429) or code >= 500:
-            raise Retry(f"http_{code}", detail, after=retry_after(resp.headers.get("retry-after")))
-        raise Reject(f"http_{code}", detail)
+            raise Retry(reason, detail, after=retry_after(after, self._clock()))
+        raise Reject(reason, detail)
 
     async def close(self) -> None:
         """Close the HTTP client."""
         if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+async def _read_some(response: httpx.Response, limit: int) -> bytes:
+    # Raw bytes: the answer is only kept for a log line, never decompressed.
+    got = bytearray()
+    async for chunk in response.aiter_raw():
+        got += chunk
+        if len(got) >= limit:
+            break
+    return bytes(got)
