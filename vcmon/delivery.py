@@ -6,13 +6,14 @@ import asyncio
 import functools
 import random
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
+from vcmon.alerts.grouping import GroupPolicy
 from vcmon.alerts.model import Target, matches
 from vcmon.alerts.policy import Matchers
 from vcmon.alerts.store import Store
@@ -41,6 +42,12 @@ def route(matchers: Matchers, labels_of: Callable[[str], Mapping[str, str]]) -> 
     return wanted
 
 
+def _grouping(config: BaseModel) -> GroupPolicy | None:
+    """A sink config's group policy; machine sinks (MQTT, Alertmanager) have none."""
+    grouping = getattr(config, "grouping", None)
+    return None if grouping is None else cast("GroupPolicy | None", grouping())
+
+
 class Delivery:
     """The dispatchers of one daemon and the metrics about them."""
 
@@ -56,12 +63,14 @@ class Delivery:
         configs: Sequence[BaseModel] = config.sinks
         sinks = build_sinks(configs, config.instance)
         match_of = {getattr(c, "name", ""): getattr(c, "match", Matchers()) for c in configs}
+        group_of = {getattr(c, "name", ""): _grouping(c) for c in configs}
         self.dispatchers = [
             Dispatcher(
                 sink,
                 store,
                 route=route(match_of.get(sink.name, Matchers()), lambda i: labels.get(i, {})),
                 on_latency=lambda name, seconds: self.latency.labels(name).observe(seconds),
+                group=group_of.get(sink.name),
             )
             for sink in sinks
         ]

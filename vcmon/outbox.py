@@ -1,6 +1,7 @@
 """Delivery from the durable event log to each sink: own cursor, in order, at least once.
 
-One ``Dispatcher`` per sink reads the events after its cursor and sends them one by one;
+One ``Dispatcher`` per sink reads the events after its cursor and sends them one by one, or,
+for a sink with a group policy, as grouped notifications (:mod:`vcmon.alerts.grouping`);
 the cursor moves only once the receiver acknowledged (``send`` returned). A failed send is
 retried with exponential backoff and full jitter, honouring the receiver's Retry-After; a
 refused event goes to the dead letters and delivery goes on; a target that answered 410 is
@@ -15,13 +16,14 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from vcmon.alerts.grouping import Grouper, GroupPolicy, Notification
 from vcmon.alerts.store import Store
 from vcmon.logs import event
-from vcmon.sinks.base import Gone, Reject, Retry, Sink, SinkError
+from vcmon.sinks.base import Gone, GroupSink, Reject, Retry, Sink, SinkError
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,12 @@ class Dispatcher:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         on_latency: Callable[[str, float], None] | None = None,
+        group: GroupPolicy | None = None,
     ) -> None:
+        if group is not None and not isinstance(sink, GroupSink):
+            raise TypeError(f"sink {sink.name} cannot send grouped notifications")
         self.sink = sink
+        self.group = group
         self.store = store
         self.route = route
         self.backoff = backoff or Backoff()
@@ -88,21 +94,34 @@ class Dispatcher:
         self.stats = SinkStats()
         self.on_latency = on_latency
         self._wake = asyncio.Event()
+        # Set while waiting with nothing left to do, cleared by notify(): "all that was
+        # written before notify() has been dealt with" can be waited on.
+        self.idle = asyncio.Event()
         self._started = False
 
     def notify(self) -> None:
         """New events were written; called from the loop thread after each commit."""
         self._wake.set()
+        self.idle.clear()
 
     async def run(self) -> None:
         """Deliver forever (until cancelled or the target is gone)."""
         name = self.sink.name
-        cursor = self.store.cursor(name)
-        if cursor is None:
+        if self.store.cursor(name) is None:
             # A new sink starts with what happens from now on, not years of history.
-            cursor = self.store.last_seq()
-            self.store.advance(name, cursor)
-        saved = cursor
+            self.store.advance(name, self.store.last_seq())
+        try:
+            if self.group is None:
+                await self._one_by_one()
+            else:
+                await self._grouped(Grouper(self.group))
+        finally:
+            if self._started:
+                await self.sink.close()
+
+    async def _one_by_one(self) -> None:
+        name = self.sink.name
+        cursor = saved = self.store.cursor(name) or 0
         try:
             while True:
                 self._wake.clear()
@@ -111,17 +130,18 @@ class Dispatcher:
                 batch = self.store.entries(cursor, BATCH)
                 self.stats.pending = max(0, self.store.last_seq() - cursor)
                 if not batch:
+                    self.idle.set()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(RECHECK):
                             await self._wake.wait()
                     continue
                 last_save = time.monotonic()
                 for decided, doc in batch:
-                    outcome = await self._deliver(doc, decided) if self.route(doc) else None
+                    outcome = None
+                    if self.route(doc):
+                        outcome = await self._deliver(self._sender(doc), decided)
                     if isinstance(outcome, Gone):
-                        self.stats.disabled = outcome.reason
-                        event(log, logging.ERROR, "sink_disabled", sink=name,
-                              reason=outcome.reason, detail=outcome.detail)  # fmt: skip
+                        self._disable(outcome)
                         return
                     cursor = int(doc["seq"])
                     self.stats.pending = max(0, self.stats.pending - 1)
@@ -137,18 +157,75 @@ class Dispatcher:
         finally:
             if cursor != saved:  # stopped mid-batch: keep what was acknowledged
                 self.store.advance(name, cursor)
-            if self._started:
-                await self.sink.close()
 
-    async def _deliver(self, doc: Mapping[str, Any], decided: float) -> SinkError | None:
-        """Send until acknowledged; the error that ended trying (Reject, Gone), or None."""
+    async def _grouped(self, grouper: Grouper) -> None:
+        name = self.sink.name
+        fed = saved = self.store.cursor(name) or 0
+        now = self.clock()
+        for doc in self.store.firing_events():
+            if int(doc["seq"]) <= fed and self.route(doc):
+                grouper.seed(doc, now)  # notified before the restart
+        while True:
+            self._wake.clear()
+            cursor = self.store.cursor(name) or 0
+            if cursor < saved:  # moved back by `vcmon outbox retry`: read those again
+                fed = cursor
+            batch = self.store.entries(fed, BATCH)
+            now = self.clock()
+            for decided, doc in batch:
+                if self.route(doc):
+                    # The wait runs from the decision: one read after a restart or a long
+                    # retry of another group is not held back again.
+                    grouper.add(doc, int(doc["seq"]), min(now, decided))
+                fed = int(doc["seq"])
+            for note in grouper.due(now):
+                outcome = await self._deliver(self._group_sender(note), note.due_at)
+                if isinstance(outcome, Gone):
+                    self._disable(outcome)
+                    return
+                if isinstance(outcome, Reject):
+                    self.store.bury(name, note.seqs, outcome.reason, self.clock())
+                grouper.sent(note, self.clock())
+            # Done up to just before the oldest event still waiting in a group.
+            low = grouper.low_water()
+            done = fed if low is None else min(fed, low - 1)
+            if done != saved:
+                self.store.advance(name, done)
+            saved = done
+            self.stats.pending = max(0, self.store.last_seq() - done)
+            if len(batch) == BATCH:
+                continue
+            timeout = RECHECK
+            if (at := grouper.next_at()) is not None:
+                timeout = min(RECHECK, max(0.0, at - self.clock()))
+            self.idle.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    def _sender(self, doc: Mapping[str, Any]) -> Callable[[], Awaitable[None]]:
+        return lambda: self.sink.send(doc)
+
+    def _group_sender(self, note: Notification) -> Callable[[], Awaitable[None]]:
+        sink = self.sink
+        assert isinstance(sink, GroupSink)
+        return lambda: sink.send_group(note)
+
+    def _disable(self, gone: Gone) -> None:
+        self.stats.disabled = gone.reason
+        event(log, logging.ERROR, "sink_disabled", sink=self.sink.name,
+              reason=gone.reason, detail=gone.detail)  # fmt: skip
+
+    async def _deliver(self, send: Callable[[], Awaitable[None]], since: float) -> SinkError | None:
+        """Send until acknowledged; the error that ended trying (Reject, Gone), or None.
+        Latency is measured from ``since``."""
         attempt = 0
         while True:
             try:
                 if not self._started:
                     await self.sink.start()
                     self._started = True
-                await self.sink.send(doc)
+                await send()
             except Retry as exc:
                 self._failed(exc, attempt)
                 delay = self.backoff.delay(attempt, self.rng)
@@ -161,7 +238,7 @@ class Dispatcher:
                 self._failed(exc, attempt)
                 self.stats.dead += isinstance(exc, Reject)
                 return exc
-            self._succeeded(decided)
+            self._succeeded(since)
             return None
 
     def _failed(self, exc: SinkError, attempt: int) -> None:

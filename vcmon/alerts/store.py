@@ -22,7 +22,7 @@ import dataclasses
 import json
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -485,6 +485,16 @@ class Store:
                     "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?)",
                     (sink, seq, dead_letter, at),
                 )
+
+    def bury(self, sink: str, seqs: Iterable[int], reason: str, at: float) -> None:
+        """Record dead letters of ``sink`` without moving its cursor (a refused grouped
+        notification carries events the cursor may not have reached)."""
+        db = self._db
+        with self._failing("write"), _transaction(db):
+            db.executemany(
+                "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?)",
+                [(sink, seq, reason, at) for seq in seqs],
+            )
 
     def dead_letters(self, sink: str | None = None) -> list[tuple[str, int, str, float]]:
         """(sink, seq, reason, at) of events a sink gave up on, oldest first."""

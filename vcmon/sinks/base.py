@@ -9,7 +9,10 @@ never retries by itself and never sleeps; it raises, and the outbox decides.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from vcmon.alerts.grouping import Notification
 
 
 class SinkError(Exception):
@@ -60,4 +63,13 @@ class Sink(Protocol):
 
     async def close(self) -> None:
         """Release connections; announce going offline where the protocol has a way."""
+        ...
+
+
+@runtime_checkable
+class GroupSink(Sink, Protocol):
+    """A sink for people, which can also deliver a group of alerts as one message."""
+
+    async def send_group(self, notification: Notification) -> None:
+        """Deliver one grouped notification; return once acknowledged."""
         ...

@@ -14,6 +14,7 @@ from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict
 
+from vcmon.alerts.grouping import GroupPolicy, Notification
 from vcmon.alerts.policy import Matchers
 
 _RESET = "\033[0m"
@@ -29,6 +30,12 @@ class ConsoleConfig(BaseModel):
     name: str = "console"
     match: Matchers = Matchers()
     stream: Literal["stdout", "stderr"] = "stderr"
+    # A terminal shows each event as it is decided unless a group is given.
+    group: GroupPolicy | Literal[False] | None = None
+
+    def grouping(self) -> GroupPolicy | None:
+        """How this sink groups, if at all."""
+        return self.group or None
 
 
 def format_line(event: Mapping[str, Any], colour: bool) -> str:
@@ -67,9 +74,22 @@ class ConsoleSink:
 
     async def send(self, event: Mapping[str, Any]) -> None:
         """Write the event's line."""
+        self._write([event])
+
+    async def send_group(self, notification: Notification) -> None:
+        """A headline for the group, then the line of each alert in it."""
+        where = " · ".join(v for _, v in notification.group if v) or "vcmon"
+        what = "still firing" if notification.repeat else f"{len(notification.changes)} changed"
+        if notification.firing and not notification.repeat:
+            what += f", {len(notification.firing)} still firing"
+        self._write([*notification.changes, *notification.firing], f"── {where}: {what}")
+
+    def _write(self, events: list[Mapping[str, Any]], head: str | None = None) -> None:
         out = self._out()
         colour = out.isatty() and "NO_COLOR" not in os.environ
-        out.write(format_line(event, colour) + "\n")
+        lines = [] if head is None else [head]
+        lines += [format_line(e, colour) for e in events]
+        out.write("".join(line + "\n" for line in lines))
         out.flush()
 
     async def close(self) -> None:

@@ -33,9 +33,10 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from vcmon import __version__
+from vcmon.alerts.grouping import GroupPolicy, Notification
 from vcmon.alerts.policy import Matchers
 from vcmon.sinks.base import Gone, Reject, Retry, SinkSetupError
-from vcmon.sinks.webhook_bodies import BodyKind, body_for
+from vcmon.sinks.webhook_bodies import BodyKind, body_for, group_body_for
 
 if TYPE_CHECKING:
     import httpx
@@ -148,6 +149,15 @@ class WebhookConfig(BaseModel):
     headers: Annotated[Mapping[str, str], AfterValidator(_headers)] = Field(
         default_factory=dict, repr=False
     )
+    # Chat bodies (telegram, slack) are read by people and grouped unless `group: false`;
+    # the machine bodies (vcmon, alertmanager) get every event unless a group is given.
+    group: GroupPolicy | Literal[False] | None = None
+
+    def grouping(self) -> GroupPolicy | None:
+        """How this sink groups, if at all."""
+        if self.group is None:
+            return GroupPolicy() if self.body in ("telegram", "slack") else None
+        return self.group or None
 
     @model_validator(mode="after")
     def _consistent(self) -> WebhookConfig:
@@ -308,19 +318,31 @@ class WebhookSink:
 
     async def send(self, event: Mapping[str, Any]) -> None:
         """POST one event; return on 2xx, raise Retry, Reject or Gone otherwise."""
-        import httpx
-
-        if self._client is None:
-            await self.start()
-        assert self._client is not None
         now = self._clock()
-        timestamp = int(now)
         try:
             msg_id = str(event["id"])
             body = body_for(self.config.body, event, now, **self._body_opts)
         except (KeyError, TypeError, ValueError) as exc:
             # Retrying cannot fix an event that lacks what its body needs.
             raise Reject("bad_event", _describe(exc)) from None
+        await self._post(msg_id, body, now)
+
+    async def send_group(self, notification: Notification) -> None:
+        """POST one grouped notification, as ``send`` does an event."""
+        now = self._clock()
+        try:
+            body = group_body_for(self.config.body, notification, now, **self._body_opts)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Reject("bad_event", _describe(exc)) from None
+        await self._post(notification.id, body, now)
+
+    async def _post(self, msg_id: str, body: bytes, now: float) -> None:
+        import httpx
+
+        if self._client is None:
+            await self.start()
+        assert self._client is not None
+        timestamp = int(now)
         headers = {
             **self.config.headers,
             "content-type": "application/json",

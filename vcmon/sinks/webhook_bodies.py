@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
+from vcmon.alerts.grouping import Notification
 from vcmon.alerts.model import rfc3339
 
 BodyKind = Literal["vcmon", "alertmanager", "telegram", "slack"]
@@ -56,6 +57,68 @@ def body_for(kind: str, event: Mapping[str, Any], now: float, **opts: Any) -> by
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def group_body_for(kind: str, note: Notification, now: float, **opts: Any) -> bytes:
+    """The UTF-8 JSON body of a grouped notification in form ``kind`` (options as body_for)."""
+    doc: dict[str, Any]
+    if kind == "vcmon":
+        doc = {"type": "vcmon.alert.group", "timestamp": rfc3339(now), "data": note.to_json()}
+    elif kind == "alertmanager":
+        doc = alertmanager_group_body(note, now, **opts)
+    elif kind == "telegram":
+        doc = telegram_group_body(note, **opts)
+    elif kind == "slack":
+        doc = {"text": group_text(note, _SHORTCODES, lambda t: f"*{t}*", str, 40_000)}
+    else:
+        raise ValueError(f"unknown body {kind!r} (expected one of: {', '.join(BODY_KINDS)})")
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def group_text(
+    note: Notification,
+    icons: Mapping[str, str],
+    bold: Callable[[str], str],
+    escape: Callable[[str], str],
+    limit: int,
+) -> str:
+    """A grouped notification for people: a headline with counts, then one line per alert
+    (what changed first, then what still fires), cut at a line to fit ``limit`` characters."""
+    counts: dict[str, int] = {}
+    for e in note.changes:
+        counts[str(e["status"])] = counts.get(str(e["status"]), 0) + 1
+    if note.firing:
+        counts["firing"] = counts.get("firing", 0) + len(note.firing)
+    tally = " ".join(f"{icons.get(k, '•')} {n}" for k, n in counts.items())
+    where = " · ".join(v for _, v in note.group if v) or "vcmon"
+    head = f"{'🔁 ' if note.repeat else ''}{bold(escape(where))} {tally}"
+    lines = [head]
+    for e in note.changes:
+        lines.append(f"{icons.get(str(e['status']), '•')} {escape(_summary(e))}")
+    if note.firing and note.changes:
+        lines.append("")  # what changed above, what still fires below
+    for e in note.firing:
+        lines.append(f"{icons['firing']} {escape(_summary(e))}")
+    text = lines[0]
+    for i, line in enumerate(lines[1:], start=1):
+        more = f"\n… +{sum(1 for rest in lines[i:] if rest)}"
+        if len(text) + 1 + len(line) + len(more) > limit:
+            return text + more
+        text += "\n" + line
+    return text
+
+
+def telegram_group_body(
+    note: Notification, chat_id: str | int, parse_mode: Literal["HTML"] | None = "HTML"
+) -> dict[str, Any]:
+    """A ``sendMessage`` call carrying a grouped notification."""
+    if parse_mode == "HTML":
+        text = group_text(
+            note, _ICONS, lambda t: f"<b>{t}</b>", lambda t: html.escape(t, quote=False),
+            TELEGRAM_MAX_TEXT,
+        )  # fmt: skip
+        return {"chat_id": chat_id, "text": text, "parse_mode": "HTML"}
+    return {"chat_id": chat_id, "text": group_text(note, _ICONS, str, str, TELEGRAM_MAX_TEXT)}
+
+
 def vcmon_body(event: Mapping[str, Any], now: float) -> dict[str, Any]:
     """vcmon's native envelope: the event unchanged under ``data``."""
     return {
@@ -73,6 +136,32 @@ def alertmanager_body(
     generator_url: str = "",
 ) -> dict[str, Any]:
     """The Alertmanager webhook body (version 4) carrying this one alert."""
+    alert = _am_alert(event, now, generator_url)
+    labels = alert["labels"]
+    # Grouped as an Alertmanager routing by [alertname, endpoint] would: the group key then
+    # stays the same from firing to resolve, which receivers use to close what they opened.
+    group: dict[str, str] = {k: labels[k] for k in ("alertname", "endpoint") if k in labels}
+    return _am_envelope(group, [alert], receiver, external_url)
+
+
+def alertmanager_group_body(
+    note: Notification,
+    now: float,
+    receiver: str = "vcmon",
+    external_url: str = "",
+    generator_url: str = "",
+) -> dict[str, Any]:
+    """The Alertmanager webhook body of a grouped notification: every alert of the group."""
+    alerts = [_am_alert(e, now, generator_url) for e in (*note.changes, *note.firing)]
+    # vcmon's `kind` is Alertmanager's `alertname`; the other fields keep their names.
+    group = _labels(**{_AM_NAMES.get(k, k): v for k, v in note.group})
+    return _am_envelope(group, alerts, receiver, external_url)
+
+
+_AM_NAMES: Final = {"kind": "alertname"}
+
+
+def _am_alert(event: Mapping[str, Any], now: float, generator_url: str) -> dict[str, Any]:
     endpoint = event.get("endpoint") or {}
     labels = _labels(
         alertname=event["kind"],
@@ -88,33 +177,39 @@ def alertmanager_body(
         ends_at = event.get("ended_at") or rfc3339(now)
     else:
         ends_at = ZERO_TIME
-    annotations = {
-        "summary": str(event.get("summary") or ""),
-        "description": str(event.get("description") or ""),
-    }
-    alert = {
+    return {
         "status": status,
         "labels": labels,
-        "annotations": annotations,
+        "annotations": {
+            "summary": str(event.get("summary") or ""),
+            "description": str(event.get("description") or ""),
+        },
         "startsAt": event["started_at"],
         "endsAt": ends_at,
         "generatorURL": generator_url,
         "fingerprint": fingerprint(str(event["alert_id"])),
     }
-    # Grouped as an Alertmanager routing by [alertname, endpoint] would: the group key then
-    # stays the same from firing to resolve, which receivers use to close what they opened.
-    group: dict[str, str] = {k: labels[k] for k in ("alertname", "endpoint") if k in labels}
+
+
+def _am_envelope(
+    group: dict[str, str], alerts: list[dict[str, Any]], receiver: str, external_url: str
+) -> dict[str, Any]:
+    def common(key: str) -> dict[str, str]:
+        first, *rest = (a[key] for a in alerts)
+        return {k: v for k, v in first.items() if all(r.get(k) == v for r in rest)}
+
+    firing = any(a["status"] == "firing" for a in alerts)
     return {
         "version": "4",
         "groupKey": "{}:" + _label_set(group),
         "truncatedAlerts": 0,
-        "status": status,
+        "status": "firing" if firing else "resolved",
         "receiver": receiver,
         "groupLabels": group,
-        "commonLabels": labels,
-        "commonAnnotations": annotations,
+        "commonLabels": common("labels"),
+        "commonAnnotations": common("annotations"),
         "externalURL": external_url,
-        "alerts": [alert],
+        "alerts": alerts,
     }
 
 
