@@ -22,6 +22,7 @@ import h11
 import pytest
 from pydantic import ValidationError
 
+from vcmon.alerts.grouping import GroupPolicy, Notification
 from vcmon.alerts.model import AlertEvent, Changes, Kind, Measurements, Severity, Status, Target
 from vcmon.alerts.store import Store
 from vcmon.outbox import Backoff, Dispatcher
@@ -35,7 +36,7 @@ from vcmon.sinks.webhook import (
     sign,
     verify_signature,
 )
-from vcmon.sinks.webhook_bodies import TELEGRAM_MAX_TEXT, ZERO_TIME, body_for
+from vcmon.sinks.webhook_bodies import TELEGRAM_MAX_TEXT, ZERO_TIME, body_for, group_body_for
 
 from .helpers import free_port
 
@@ -415,6 +416,59 @@ def test_slack_body_and_fallback_summary() -> None:
     assert bare == {"text": ":white_check_mark: *group_down UBND huyện Cô Tô*"}
 
 
+def group_note(*changes: dict[str, Any], firing: tuple[dict[str, Any], ...] = ()) -> Notification:
+    return Notification(
+        id="grp-1", group=(("district", "Cô Tô"), ("kind", "group_down")), changes=changes,
+        firing=firing, seqs=tuple(int(e["seq"]) for e in changes), due_at=T0,
+    )  # fmt: skip
+
+
+GROUP = group_note(
+    event(1, alert_id="a1"),
+    event(2, Status.RESOLVED, alert_id="a2", summary="Phòng <B> có lại kết nối"),
+    firing=(event(3, alert_id="a3", summary="Xã C: mất kết nối"),),
+)
+
+
+def test_group_bodies_carry_the_whole_group() -> None:
+    native = json.loads(group_body_for("vcmon", GROUP, T0))
+    assert native["type"] == "vcmon.alert.group"
+    assert native["data"]["group"] == {"district": "Cô Tô", "kind": "group_down"}
+    assert [e["id"] for e in native["data"]["changes"]] == ["ev-1", "ev-2"]
+    assert [e["id"] for e in native["data"]["firing"]] == ["ev-3"]
+
+    am = json.loads(group_body_for("alertmanager", GROUP, T0, receiver="noc"))
+    assert am["groupLabels"] == {"district": "Cô Tô", "alertname": "group_down"}
+    assert am["groupKey"] == '{}:{alertname="group_down", district="Cô Tô"}'
+    assert [a["status"] for a in am["alerts"]] == ["firing", "resolved", "firing"]
+    assert am["status"] == "firing"
+    assert am["commonLabels"]["district"] == "Cô Tô"
+    assert "summary" not in am["commonAnnotations"]  # they differ
+
+    tg = json.loads(group_body_for("telegram", GROUP, T0, chat_id="-100"))
+    assert tg["text"].split("\n") == [
+        "<b>Cô Tô · group_down</b> 🔴 2 ✅ 1",
+        "🔴 Huyện Cô Tô: mất kết nối",
+        "✅ Phòng &lt;B&gt; có lại kết nối",
+        "",
+        "🔴 Xã C: mất kết nối",
+    ]
+    slack = json.loads(group_body_for("slack", GROUP, T0))
+    assert slack["text"].startswith("*Cô Tô · group_down* :red_circle: 2 :white_check_mark: 1\n")
+
+
+def test_a_repeat_says_so_and_a_big_group_fits_one_message() -> None:
+    repeat = group_note(firing=(event(1, alert_id="a1"),))
+    text = json.loads(group_body_for("telegram", repeat, T0, chat_id="1"))["text"]
+    assert text.startswith("🔁 <b>Cô Tô · group_down</b> 🔴 1\n")
+    many = group_note(*(event(i, alert_id=f"a{i}", summary="x" * 90) for i in range(1, 201)))
+    text = json.loads(group_body_for("telegram", many, T0, chat_id="1"))["text"]
+    assert len(text) <= TELEGRAM_MAX_TEXT
+    shown = text.count("🔴 x")
+    assert text.endswith(f"… +{200 - shown}")
+    assert 30 < shown < 200
+
+
 def test_body_for_refuses_unknown_kinds_and_options() -> None:
     with pytest.raises(ValueError, match="unknown body 'teams'"):
         body_for("teams", event(), T0)
@@ -708,3 +762,25 @@ async def test_a_receiver_that_never_answers_loses_nothing(store: Store) -> None
     assert r.ids() == [f"ev-{i}" for i in range(1, 251)]
     # The try in flight when it came back ends unanswered: a connection dropped, retried too.
     assert set(d.stats.failed) <= {"timeout", "connect"}
+
+
+async def test_a_chat_webhook_gets_one_signed_message_per_group(store: Store) -> None:
+    write(store, 1, 2, 3)  # decided long ago: due as soon as read
+    async with HookReceiver(secret=NEW) as r:
+        cfg = config(r.url, body="slack", secrets=(NEW,))
+        assert cfg.grouping() == GroupPolicy()  # chat bodies group by default
+        d = Dispatcher(WebhookSink(cfg), store, backoff=FAST, group=cfg.grouping())
+        await dispatching(d, lambda: store.cursor("noc") == 3, "the group")
+    (got,) = r.requests
+    assert got.verified
+    assert got.headers["webhook-id"].startswith("grp-")
+    lines = got.json()["text"].split("\n")
+    assert lines[0] == "*Cô Tô · endpoint_down* :red_circle: 3"
+    assert len(lines) == 4
+
+
+def test_grouping_is_off_for_machine_bodies_and_can_be_set() -> None:
+    assert config("http://127.0.0.1/").grouping() is None
+    assert config("http://127.0.0.1/", body="slack", group=False).grouping() is None
+    cfg = config("http://127.0.0.1/", group={"by": ["district"], "wait": 10})
+    assert cfg.grouping() == GroupPolicy(by=("district",), wait=10)

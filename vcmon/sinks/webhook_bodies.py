@@ -261,8 +261,13 @@ def _labels(**values: Any) -> dict[str, str]:
 
 
 def _label_set(labels: Mapping[str, str]) -> str:
-    # Alertmanager's form of a label set: sorted, values quoted, ", " between pairs.
-    return "{" + ", ".join(f"{k}={json.dumps(labels[k])}" for k in sorted(labels)) + "}"
+    # Alertmanager's form of a label set: sorted, values quoted as Go's %q does (printable
+    # Unicode kept), ", " between pairs.
+    return (
+        "{"
+        + ", ".join(f"{k}={json.dumps(labels[k], ensure_ascii=False)}" for k in sorted(labels))
+        + "}"
+    )
 
 
 def _fit_html(raw: str, limit: int) -> str:
