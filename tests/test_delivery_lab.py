@@ -73,7 +73,11 @@ SECRET = "whsec_" + base64.b64encode(b"lab webhook secret, 32 bytes....").decode
 
 
 def with_sinks(
-    env: ProvinceLab, broker: Mosquitto, alertmanager: str, hook: Receiver | None = None
+    env: ProvinceLab,
+    broker: Mosquitto,
+    alertmanager: str,
+    hook: Receiver | None = None,
+    chat: Receiver | None = None,
 ) -> None:
     text = env.config_path.read_text(encoding="utf-8")
     text += (
@@ -83,6 +87,11 @@ def with_sinks(
     )
     if hook is not None:
         text += f"  - {{type: webhook, url: '{hook.url}/vcmon', secrets: ['{SECRET}']}}\n"
+    if chat is not None:  # for people: grouped, with short timings for the test
+        text += (
+            f"  - {{type: webhook, name: chat, url: '{chat.url}/hooks/noc', body: slack,\n"
+            "      group: {wait: 1, interval: 2}}\n"
+        )
     env.config_path.write_text(text, encoding="utf-8")
 
 
@@ -99,13 +108,17 @@ async def test_outage_and_resolve_arrive_on_mqtt_alertmanager_and_a_webhook(
     province_lab: ProvinceLabFactory, broker: Mosquitto, alertmanager: str
 ) -> None:
     env = province_lab(INVENTORY, profiles=CLEAN, seed=11)
-    with receiving() as hook:
-        with_sinks(env, broker, alertmanager, hook)
-        await outage_on_all_three(env, broker, alertmanager, hook)
+    with receiving() as hook, receiving() as chat:
+        with_sinks(env, broker, alertmanager, hook, chat)
+        await outage_on_all_three(env, broker, alertmanager, hook, chat)
 
 
 async def outage_on_all_three(
-    env: ProvinceLab, broker: Mosquitto, alertmanager: str, hook: Receiver
+    env: ProvinceLab,
+    broker: Mosquitto,
+    alertmanager: str,
+    hook: Receiver,
+    chat: Receiver | None = None,
 ) -> None:
     async with subscribed(broker) as mqtt, running(env) as daemon:
         await healthy(daemon, env)
@@ -129,6 +142,15 @@ async def outage_on_all_three(
         )  # fmt: skip
         resolved = mqtt.of("group_down", "resolved")[0]
         await until(lambda: len(hook.received) >= 2, 15, "both on the webhook", daemon)
+        if chat is not None:
+            await until(lambda: len(chat.received) >= 2, 15, "both in the chat", daemon)
+    if chat is not None:  # one message per change of the group, for people
+        texts = [r.json()["text"] for r in chat.received]
+        assert [t.split("\n")[0] for t in texts] == [
+            "*Cô Tô · group_down* :red_circle: 1",
+            "*Cô Tô · group_down* :white_check_mark: 1",
+        ]
+        assert all(r.headers["webhook-id"].startswith("grp-") for r in chat.received)
     assert resolved["alert_id"] == fired["alert_id"]
     assert hook.ids() == [fired["id"], resolved["id"]]
     for got in hook.received:
