@@ -686,7 +686,7 @@ def webhook_schema() -> dict[str, Any]:
         "$schema": SCHEMA_DIALECT,
         "$id": "urn:vcmon:schema:webhook-vcmon",
         "title": "vcmon native webhook body",
-        "description": "Body of a webhook sink with `format: vcmon`, sent with the Standard "
+        "description": "Body of a webhook sink with `body: vcmon`, sent with the Standard "
         "Webhooks headers webhook-id (= data.id), webhook-timestamp and webhook-signature "
         "(DESIGN.md §4). Generated from vcmon.alerts.model by tests/test_exporters.py.",
         "type": "object",
@@ -703,9 +703,60 @@ def webhook_schema() -> dict[str, Any]:
     }
 
 
+def webhook_group_schema() -> dict[str, Any]:
+    """The native webhook body of a grouped sink: {type, timestamp, data: notification}."""
+    event = {k: v for k, v in event_schema().items() if k not in ("$schema", "$id")}
+    events = {"type": "array", "items": {"$ref": "#/$defs/event"}}
+    return {
+        "$schema": SCHEMA_DIALECT,
+        "$id": "urn:vcmon:schema:webhook-vcmon-group",
+        "title": "vcmon native webhook body, grouped",
+        "description": "Body of a webhook sink with `body: vcmon` and a `group:` policy: one "
+        "notification about a group of alerts, sent with the Standard Webhooks headers "
+        "(webhook-id = data.id). Generated from vcmon.alerts.grouping by "
+        "tests/test_exporters.py.",
+        "type": "object",
+        "required": ["type", "timestamp", "data"],
+        "properties": {
+            "type": {"type": "string", "enum": ["vcmon.alert.group"]},
+            "timestamp": _described("When the body was made (RFC 3339, UTC).", TIMESTAMP),
+            "data": {
+                "type": "object",
+                "required": ["id", "group", "repeat", "changes", "firing"],
+                "properties": {
+                    "id": _described(
+                        "Notification id, the same when the same content is sent again.",
+                        {"type": "string", "pattern": "^grp-[0-9a-f]{24}$"},
+                    ),
+                    "group": _described(
+                        "The fields the group is made by (`group.by`) and their values.",
+                        {"type": "object", "additionalProperties": {"type": "string"}},
+                    ),
+                    "repeat": _described(
+                        "True when sent only because the group still fires.",
+                        {"type": "boolean"},
+                    ),
+                    "changes": _described(
+                        "The newest event of each alert that changed since the group's last "
+                        "notification, in log order.",
+                        events,
+                    ),
+                    "firing": _described(
+                        "The newest event of each alert of the group still open that did "
+                        "not change.",
+                        events,
+                    ),
+                },
+            },
+        },
+        "$defs": {"event": event},
+    }
+
+
 GENERATED: dict[str, Callable[[], dict[str, Any]]] = {
     "alert-event.schema.json": event_schema,
     "webhook-vcmon.schema.json": webhook_schema,
+    "webhook-vcmon-group.schema.json": webhook_group_schema,
 }
 
 
@@ -803,6 +854,21 @@ def test_real_events_match_the_schemas() -> None:
         body = {"type": f"vcmon.alert.{doc['status']}", "timestamp": rfc3339(1_795_850_001.0),
                 "data": doc}  # fmt: skip
         assert validate(body, envelope) == [], body
+
+
+def test_grouped_bodies_match_their_schema() -> None:
+    from vcmon.alerts.grouping import GroupPolicy, Grouper
+    from vcmon.sinks.webhook_bodies import group_body_for
+
+    schema = json.loads((SCHEMAS / "webhook-vcmon-group.schema.json").read_text(encoding="utf-8"))
+    grouper = Grouper(GroupPolicy())
+    for i, status in enumerate(Status, start=1):
+        doc = sample_event(status).to_json() | {"seq": i, "alert_id": f"a{i}"}
+        grouper.add(doc, i, 0.0)
+    (note,) = grouper.due(30.0)
+    body = json.loads(group_body_for("vcmon", note, 31.0))
+    assert validate(body, schema) == [], body
+    assert check(body | {"type": "vcmon.alert.firing"}, schema, schema) != []
 
 
 @pytest.mark.parametrize(
