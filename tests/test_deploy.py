@@ -658,10 +658,55 @@ def test_deployment_security_context() -> None:
     assert security["runAsUser"] == uid
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
-    assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW"]}
+    assert security["capabilities"] == {"drop": ["ALL"]}  # the ping socket needs none
     sysctls = {s["name"]: s["value"] for s in pod["securityContext"]["sysctls"]}
     low, high = ping_range(sysctls["net.ipv4.ping_group_range"])
     assert low <= pod["securityContext"]["runAsGroup"] <= high
+
+
+# Pod Security Standards, "restricted" (kubernetes.io/docs/concepts/security/pod-security-
+# standards): the checks that apply to this pod's fields.
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range", "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ip_local_reserved_ports", "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes",
+}  # fmt: skip
+
+
+def test_deployment_meets_pod_security_restricted() -> None:
+    pod = manifests()["Deployment"]["spec"]["template"]["spec"]
+    problems = []
+    problems += [k for k in ("hostNetwork", "hostPID", "hostIPC") if pod.get(k)]
+    if any("hostPath" in v for v in pod.get("volumes", [])):
+        problems.append("hostPath volume")
+    for name in (s["name"] for s in pod["securityContext"].get("sysctls", [])):
+        if name not in SAFE_SYSCTLS:
+            problems.append(f"unsafe sysctl {name}")
+    pod_seccomp = pod["securityContext"].get("seccompProfile", {}).get("type")
+    for c in pod["containers"] + pod.get("initContainers", []):
+        sc = c.get("securityContext", {})
+        if sc.get("privileged"):
+            problems.append("privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append("allowPrivilegeEscalation not false")
+        if not (sc.get("runAsNonRoot") or pod["securityContext"].get("runAsNonRoot")):
+            problems.append("runAsNonRoot not set")
+        if sc.get("runAsUser", pod["securityContext"].get("runAsUser")) == 0:
+            problems.append("runAsUser 0")
+        if sc.get("seccompProfile", {}).get("type", pod_seccomp) not in (
+            "RuntimeDefault",
+            "Localhost",
+        ):
+            problems.append("seccompProfile")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            problems.append("capabilities not dropping ALL")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"capabilities added: {caps['add']}")
+        if any("hostPort" in p for p in c.get("ports", [])):
+            problems.append("hostPort")
+    assert problems == []
 
 
 def test_deployment_runs_vcmon_with_config_state_and_probes() -> None:

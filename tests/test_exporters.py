@@ -857,7 +857,7 @@ def test_real_events_match_the_schemas() -> None:
 
 
 def test_grouped_bodies_match_their_schema() -> None:
-    from vcmon.alerts.grouping import GroupPolicy, Grouper
+    from vcmon.alerts.grouping import Grouper, GroupPolicy
     from vcmon.sinks.webhook_bodies import group_body_for
 
     schema = json.loads((SCHEMAS / "webhook-vcmon-group.schema.json").read_text(encoding="utf-8"))
