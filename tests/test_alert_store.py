@@ -258,6 +258,34 @@ def test_silences_end_at_ends_at(tmp_path: Path) -> None:
         assert store.silences(2000.0) == [later]
 
 
+def test_prune_keeps_what_is_open_owed_or_newest(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "p.db") as store:
+        # a1 ended (events 1, 2), a2 still open (3), a3 ended (4, 5): events at 1000 + seq.
+        store.apply(Changes(upserted=(alert("a1"), alert("a2"), alert("a3")),
+                            events=(event(1, "a1"), event(2, "a1", Status.RESOLVED),
+                                    event(3, "a2"), event(4, "a3")),
+                            silences=(SILENCE,)))  # fmt: skip
+        store.apply(Changes(closed=(("a1", 1002.0), ("a3", 1005.0)),
+                            events=(event(5, "a3", Status.RESOLVED),)))  # fmt: skip
+        store.advance("mqtt", 5)
+        store.advance("hook", 3)  # behind: owes 4 and 5
+        store.advance("gone", 0)  # a sink no longer configured does not hold anything back
+        store.bury("mqtt", [1], "http_400", 1001.0)
+
+        assert store.prune(1000.0, ["mqtt", "hook"]) == {"events": 0, "alerts": 0, "silences": 0}
+        assert store.prune(9000.0, ["mqtt", "hook"]) == {"events": 1, "alerts": 2, "silences": 1}
+        # 1: a dead letter; 3: a2 is open; 4 and 5: owed to hook (5 is the newest, too).
+        assert [int(d["seq"]) for _, d in store.entries()] == [1, 3, 4, 5]
+        assert [a.alert_id for a in store.alerts(include_ended=True)] == ["a2"]
+        assert store.silences(0.0, include_expired=True) == []
+
+        store.advance("hook", 5)
+        store.take_dead_letters("mqtt")
+        assert store.prune(9000.0, ["mqtt", "hook"])["events"] == 2  # 1 and 4; 5 is the newest
+        assert [int(d["seq"]) for _, d in store.entries()] == [3, 5]
+        assert store.last_seq() == 5
+
+
 def test_events_page_by_seq_in_the_contract_form(tmp_path: Path) -> None:
     written = tuple(event(i) for i in range(1, 8))
     with Store.open(tmp_path / "s.db") as store:
@@ -565,3 +593,37 @@ def test_sigkill_mid_stream_loses_no_committed_decision(tmp_path: Path) -> None:
         assert {e["alert_id"] for e in events} == {a.alert_id for a in alerts}
         assert all(a.detail == {"n": int(a.alert_id[1:])} for a in alerts)
     assert len(reported) >= 60
+
+
+def test_the_runtime_prunes_by_the_configured_retention_every_six_hours(tmp_path: Path) -> None:
+    from vcmon.alerts.runtime import DAY, PRUNE_EVERY, AlertRuntime
+    from vcmon.clock import FakeClock
+    from vcmon.config import load_config
+
+    path = tmp_path / "vcmon.yaml"
+    path.write_text(
+        "alerts: {retention_days: 30, state_file: state.db}\n"
+        "endpoints:\n  - {id: a, name: A, address: 127.0.0.1, district: D, level: province}\n",
+        encoding="utf-8",
+    )
+    clock = FakeClock(100 * DAY)
+    runtime = AlertRuntime.open(load_config(path, env={}), clock)
+    try:
+        store = runtime.store
+        old = replace(event(1, "a1", Status.RESOLVED), at=clock.now - 31 * DAY)
+        store.apply(Changes(upserted=(alert("a1"),), events=(old, event(2, "a2"))))
+        store.apply(Changes(closed=(("a1", clock.now - 31 * DAY),)))
+        runtime.sink_status = lambda: {"console": None}
+        store.advance("console", 2)
+        runtime.prune(clock.now)
+        assert [int(d["seq"]) for _, d in store.entries()] == [2]
+        assert store.alerts(include_ended=True) == []
+        store.apply(Changes(upserted=(alert("a3"),), closed=(("a3", clock.now - 40 * DAY),)))
+        clock.advance(PRUNE_EVERY - 1)
+        runtime.prune(clock.now)  # too soon
+        assert len(store.alerts(include_ended=True)) == 1
+        clock.advance(1)
+        runtime.prune(clock.now)
+        assert store.alerts(include_ended=True) == []
+    finally:
+        runtime.close()

@@ -364,6 +364,12 @@ class AlertsConfig(_Frozen):
     sink_failing_after: Annotated[
         float, BeforeValidator(_not_bool), AfterValidator(_non_negative)
     ] = 300.0
+    # Days ended alerts, their events and expired silences are kept in the state file before
+    # they are pruned; 0 keeps them for ever. Events a sink has not delivered yet are kept
+    # whatever their age.
+    retention_days: Annotated[float, BeforeValidator(_not_bool), AfterValidator(_non_negative)] = (
+        90.0
+    )
     maintenance: tuple[MaintenanceWindow, ...] = ()
     templates: Mapping[Locale, Mapping[str, Template]] = Field(default_factory=dict)
 

@@ -30,6 +30,8 @@ from vcmon.text import slugify
 log = logging.getLogger(__name__)
 
 TICK = 1.0  # s between time-driven decisions (windows, silences, held verdicts)
+DAY = 86400.0
+PRUNE_EVERY = 6 * 3600.0  # s between prunings of the state file (the first soon after start)
 
 
 def state_path(config: Config, env: Mapping[str, str] | None = None) -> Path:
@@ -65,6 +67,8 @@ class AlertRuntime:
         self.status_listeners: list[Callable[[str, dict[str, Any]], None]] = []
         # Each sink's failing-since time (None while it delivers), for sink_failing alerts.
         self.sink_status: Callable[[], Mapping[str, float | None]] = dict
+        self.retention = config.alerts.retention_days * DAY
+        self._pruned_at: float | None = None
         self.commit(self.engine.take_startup_changes())
 
     @classmethod
@@ -138,6 +142,7 @@ class AlertRuntime:
     def reload(self, config: Config) -> None:
         """Adopt a reloaded config."""
         self.commit(self.engine.replace(config.endpoints, config.alerts, self.clock.time()))
+        self.retention = config.alerts.retention_days * DAY
 
     async def run(self) -> None:
         """Make the time-driven decisions every TICK seconds, until cancelled."""
@@ -146,6 +151,18 @@ class AlertRuntime:
             now = self.clock.time()
             self.commit(self.engine.tick(now))
             self.commit(self.engine.sink_health(self.sink_status(), now))
+            self.prune(now)
+
+    def prune(self, now: float) -> None:
+        """Every PRUNE_EVERY, delete from the state file what is older than the retention."""
+        if not self.retention or (
+            self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY
+        ):
+            return
+        self._pruned_at = now
+        gone = self.store.prune(now - self.retention, self.sink_status().keys())
+        if any(gone.values()):
+            event(log, logging.INFO, "state_pruned", older_than_days=self.retention / DAY, **gone)
 
     # -- what the API and the CLI ask for -----------------------------------------------------
 

@@ -486,6 +486,36 @@ class Store:
                     (sink, seq, dead_letter, at),
                 )
 
+    def prune(self, before: float, sinks: Iterable[str]) -> dict[str, int]:
+        """Delete what ended before ``before``: alerts, their events, expired silences.
+
+        Kept whatever their age: events of open alerts, events ``sinks`` have not delivered
+        or gave up on (dead letters), and the newest event, whose seq the next one follows.
+        Returns how many rows of each kind went.
+        """
+        db = self._db
+        with self._failing("write"), _transaction(db):
+            newest = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+            names = list(sinks)
+            owed = newest
+            if names:
+                marks = ",".join("?" * len(names))
+                row = db.execute(
+                    f"SELECT MIN(seq) FROM sink_cursors WHERE sink IN ({marks})", names
+                ).fetchone()
+                owed = newest if row[0] is None else min(newest, int(row[0]))
+            events = db.execute(
+                "DELETE FROM events WHERE at < ? AND seq <= ? AND seq < ? "
+                "AND alert_id NOT IN (SELECT alert_id FROM alerts WHERE ended_at IS NULL) "
+                "AND seq NOT IN (SELECT seq FROM dead_letters)",
+                (before, owed, newest),
+            ).rowcount
+            alerts = db.execute(
+                "DELETE FROM alerts WHERE ended_at IS NOT NULL AND ended_at < ?", (before,)
+            ).rowcount
+            silences = db.execute("DELETE FROM silences WHERE ends_at < ?", (before,)).rowcount
+        return {"events": events, "alerts": alerts, "silences": silences}
+
     def bury(self, sink: str, seqs: Iterable[int], reason: str, at: float) -> None:
         """Record dead letters of ``sink`` without moving its cursor (a refused grouped
         notification carries events the cursor may not have reached)."""
