@@ -22,6 +22,7 @@ from vcmon.alerts.model import (
     Target,
 )
 from vcmon.alerts.store import Store
+from vcmon.clock import FakeClock
 from vcmon.outbox import Backoff, Dispatcher
 from vcmon.sinks.base import Reject, Retry, SinkError
 
@@ -34,14 +35,6 @@ VAN_DON = Target("v", "UBND xã V", "127.0.0.2", "Vân Đồn", "commune")
 
 
 T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class GroupingSink(ScriptedSink):
@@ -112,12 +105,12 @@ async def settled(d: Dispatcher) -> None:
     await until(d.idle.is_set)
 
 
-def dispatcher(sink: GroupingSink, store: Store, clock: Clock) -> Dispatcher:
-    return Dispatcher(sink, store, backoff=FAST, clock=clock, group=POLICY)
+def dispatcher(sink: GroupingSink, store: Store, clock: FakeClock) -> Dispatcher:
+    return Dispatcher(sink, store, backoff=FAST, clock=clock.time, group=POLICY)
 
 
 async def test_a_group_waits_then_goes_out_as_one(store: Store) -> None:
-    clock, sink = Clock(), GroupingSink("g")
+    clock, sink = FakeClock(T0), GroupingSink("g")
     async with Running(dispatcher(sink, store, clock)) as d:
         write(store, event(1), event(2), event(3, VAN_DON))
         await settled(d)
@@ -134,7 +127,7 @@ async def test_a_group_waits_then_goes_out_as_one(store: Store) -> None:
 
 
 async def test_the_cursor_stays_before_the_oldest_unsent_event(store: Store) -> None:
-    clock, sink = Clock(), GroupingSink("g")
+    clock, sink = FakeClock(T0), GroupingSink("g")
     async with Running(dispatcher(sink, store, clock)) as d:
         write(store, event(1))
         d.notify()
@@ -155,7 +148,7 @@ async def test_the_cursor_stays_before_the_oldest_unsent_event(store: Store) -> 
 
 
 async def test_stopped_before_the_send_the_restart_sends_it(store: Store) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     first = GroupingSink("g")
     async with Running(dispatcher(first, store, clock)) as d:
         write(store, event(1), event(2))
@@ -172,7 +165,7 @@ async def test_stopped_before_the_send_the_restart_sends_it(store: Store) -> Non
 async def test_notified_alerts_are_not_sent_again_after_a_restart_but_repeated(
     store: Store,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(T0)
     first = GroupingSink("g")
     async with Running(dispatcher(first, store, clock)) as d:
         write(store, event(1))
@@ -194,9 +187,9 @@ async def test_notified_alerts_are_not_sent_again_after_a_restart_but_repeated(
 
 
 async def test_retried_until_acknowledged_then_latency_from_when_due(store: Store) -> None:
-    clock, sink = Clock(), GroupingSink("g", [Retry("http_500")] * 3)
+    clock, sink = FakeClock(T0), GroupingSink("g", [Retry("http_500")] * 3)
     latencies: list[float] = []
-    d = Dispatcher(sink, store, backoff=FAST, clock=clock, group=POLICY,
+    d = Dispatcher(sink, store, backoff=FAST, clock=clock.time, group=POLICY,
                    on_latency=lambda _, s: latencies.append(s))  # fmt: skip
     async with Running(d):
         write(store, event(1))
@@ -212,7 +205,7 @@ async def test_retried_until_acknowledged_then_latency_from_when_due(store: Stor
 
 
 async def test_a_refused_notification_dead_letters_each_event(store: Store) -> None:
-    clock, sink = Clock(), GroupingSink("g", [Reject("http_400", "bad chat id")])
+    clock, sink = FakeClock(T0), GroupingSink("g", [Reject("http_400", "bad chat id")])
     async with Running(dispatcher(sink, store, clock)) as d:
         write(store, event(1), event(2))
         d.notify()
@@ -228,7 +221,7 @@ async def test_a_refused_notification_dead_letters_each_event(store: Store) -> N
 
 
 async def test_a_resolve_in_the_same_group_follows_after_the_interval(store: Store) -> None:
-    clock, sink = Clock(), GroupingSink("g")
+    clock, sink = FakeClock(T0), GroupingSink("g")
     async with Running(dispatcher(sink, store, clock)) as d:
         write(store, event(1))
         d.notify()
@@ -259,8 +252,8 @@ def test_a_sink_without_send_group_cannot_be_grouped(store: Store) -> None:
 
 
 async def test_routes_apply_before_grouping(store: Store) -> None:
-    clock, sink = Clock(), GroupingSink("g")
-    d = Dispatcher(sink, store, backoff=FAST, clock=clock, group=POLICY,
+    clock, sink = FakeClock(T0), GroupingSink("g")
+    d = Dispatcher(sink, store, backoff=FAST, clock=clock.time, group=POLICY,
                    route=lambda doc: doc["endpoint"]["district"] == "Vân Đồn")  # fmt: skip
     async with Running(d):
         write(store, event(1), event(2, VAN_DON))
