@@ -59,4 +59,5 @@ async def test_a_group_is_a_headline_then_its_alerts() -> None:
 def test_the_console_groups_only_when_told() -> None:
     assert ConsoleConfig().grouping() is None
     assert ConsoleConfig(group=False).grouping() is None
+    assert ConsoleConfig(group=True).grouping() == GroupPolicy()
     assert ConsoleConfig(group=GroupPolicy(wait=5)).grouping() == GroupPolicy(wait=5)

@@ -782,5 +782,6 @@ async def test_a_chat_webhook_gets_one_signed_message_per_group(store: Store) ->
 def test_grouping_is_off_for_machine_bodies_and_can_be_set() -> None:
     assert config("http://127.0.0.1/").grouping() is None
     assert config("http://127.0.0.1/", body="slack", group=False).grouping() is None
+    assert config("http://127.0.0.1/", group=True).grouping() == GroupPolicy()
     cfg = config("http://127.0.0.1/", group={"by": ["district"], "wait": 10})
     assert cfg.grouping() == GroupPolicy(by=("district",), wait=10)

@@ -198,7 +198,8 @@ class Dispatcher:
             timeout = RECHECK
             if (at := grouper.next_at()) is not None:
                 timeout = min(RECHECK, max(0.0, at - self.clock()))
-            self.idle.set()
+            if timeout > 0:  # else another notification is due already
+                self.idle.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()

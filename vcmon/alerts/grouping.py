@@ -15,12 +15,11 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, model_validator
 
 GroupField = Literal["district", "kind", "severity", "level", "endpoint", "instance"]
-FIELDS: Final[tuple[str, ...]] = ("district", "kind", "severity", "level", "endpoint", "instance")
 
 
 def _not_bool(value: object) -> object:
@@ -57,6 +56,14 @@ class GroupPolicy(BaseModel):
                 f"repeat ({self.repeat:g} s) must not be below interval ({self.interval:g} s)"
             )
         return self
+
+
+def resolve_group(group: GroupPolicy | bool | None, default: bool) -> GroupPolicy | None:
+    """A sink's ``group:`` setting as a policy: true is the defaults, false is none, and
+    unset is the defaults when ``default`` (sinks read by people)."""
+    if isinstance(group, GroupPolicy):
+        return group
+    return GroupPolicy() if (default if group is None else group) else None
 
 
 def group_labels(event: Mapping[str, Any], by: Iterable[str]) -> tuple[tuple[str, str], ...]:

@@ -14,7 +14,7 @@ from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict
 
-from vcmon.alerts.grouping import GroupPolicy, Notification
+from vcmon.alerts.grouping import GroupPolicy, Notification, resolve_group
 from vcmon.alerts.policy import Matchers
 
 _RESET = "\033[0m"
@@ -30,12 +30,12 @@ class ConsoleConfig(BaseModel):
     name: str = "console"
     match: Matchers = Matchers()
     stream: Literal["stdout", "stderr"] = "stderr"
-    # A terminal shows each event as it is decided unless a group is given.
-    group: GroupPolicy | Literal[False] | None = None
+    # A terminal shows each event as it is decided unless told to group.
+    group: GroupPolicy | bool | None = None
 
     def grouping(self) -> GroupPolicy | None:
         """How this sink groups, if at all."""
-        return self.group or None
+        return resolve_group(self.group, default=False)
 
 
 def format_line(event: Mapping[str, Any], colour: bool) -> str:

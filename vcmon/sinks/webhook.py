@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from vcmon import __version__
-from vcmon.alerts.grouping import GroupPolicy, Notification
+from vcmon.alerts.grouping import GroupPolicy, Notification, resolve_group
 from vcmon.alerts.policy import Matchers
 from vcmon.sinks.base import Gone, Reject, Retry, SinkSetupError
 from vcmon.sinks.webhook_bodies import BodyKind, body_for, group_body_for
@@ -151,13 +151,11 @@ class WebhookConfig(BaseModel):
     )
     # Chat bodies (telegram, slack) are read by people and grouped unless `group: false`;
     # the machine bodies (vcmon, alertmanager) get every event unless a group is given.
-    group: GroupPolicy | Literal[False] | None = None
+    group: GroupPolicy | bool | None = None
 
     def grouping(self) -> GroupPolicy | None:
         """How this sink groups, if at all."""
-        if self.group is None:
-            return GroupPolicy() if self.body in ("telegram", "slack") else None
-        return self.group or None
+        return resolve_group(self.group, default=self.body in ("telegram", "slack"))
 
     @model_validator(mode="after")
     def _consistent(self) -> WebhookConfig:
