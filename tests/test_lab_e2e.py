@@ -388,7 +388,10 @@ def test_demo_runs_lab_scenario_and_daemon_then_cleans_up(lab_env: Env, tmp_path
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert set(metric(text, "vcmon_up")) == {"tinh", "ha-long", "co-to", "co-to-a"}
     finally:
+        # Ctrl-C, then a SIGTERM on its heels (as `timeout` sends to the process and then its
+        # group, or an impatient second Ctrl-C): the teardown still runs to the end.
         proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         proc.wait(20)
     assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
     out.wait(lambda line: line == "lab down", 5, "lab down")

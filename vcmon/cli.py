@@ -551,6 +551,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     finally:
         if plan.lab is not None:
+            # A second Ctrl-C, or `timeout` signalling the process and then its group, must
+            # not cut the teardown short and leave the namespaces behind.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
             lab_down(home)
             out.print("lab down")
     return EXIT_OK
