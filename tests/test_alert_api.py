@@ -140,8 +140,47 @@ async def test_a_misspelt_filter_is_refused_not_ignored(env: Env) -> None:
     resp = await env.call("GET", "/api/v1/alerts?sev=critical")
     assert resp.status_code == 400
     assert resp.json() == {
-        "error": "sev: unknown filter, expected one of kind, severity, district, endpoint"
+        "error": "sev: unknown filter, expected one of kind, severity, district, endpoint, "
+        "state, since"
     }
+
+
+async def test_ended_alerts_are_listed_with_their_end(env: Env) -> None:
+    started = env.clock.time()
+    env.rounds(3, x=False)  # x down: fires
+    env.rounds(2, x=True)  # up again: resolves
+    ended = env.clock.time() - 10  # the second good round decided it
+    env.rounds(3, hub=True, c1=True, x=False)  # down again: a new alert, open
+    docs = (await env.call("GET", "/api/v1/alerts?state=ended")).json()["alerts"]
+    (old,) = docs
+    assert old["status"] == "resolved"
+    assert old["started_at"] == rfc3339(started)
+    assert old["ended_at"] == rfc3339(ended)
+    assert "Hạ Long" in old["summary"]
+    everything = (await env.call("GET", "/api/v1/alerts?state=all")).json()["alerts"]
+    assert [a["status"] for a in everything] == ["firing", "resolved"]
+    assert len((await env.call("GET", "/api/v1/alerts")).json()["alerts"]) == 1  # open only
+    # Filters apply to ended alerts too; `since` bounds how far back.
+    assert (await env.call("GET", "/api/v1/alerts?state=ended&district=Cô Tô")).json() == {
+        "alerts": []
+    }
+    env.clock.advance(2 * 3600)
+    assert (await env.call("GET", "/api/v1/alerts?state=ended&since=1h")).json() == {"alerts": []}
+    assert len((await env.call("GET", "/api/v1/alerts?state=ended")).json()["alerts"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ("state=closed", "state: expected open, ended or all, got 'closed'"),
+        ("since=1h", "since: only for state=ended or state=all"),
+        ("state=ended&since=yesterday", "since: expected e.g. 2h, 30m, 1h30m or seconds, got"),
+    ],
+)
+async def test_bad_history_queries(env: Env, query: str, error: str) -> None:
+    resp = await env.call("GET", "/api/v1/alerts?" + query)
+    assert resp.status_code == 400
+    assert resp.json()["error"].startswith(error)
 
 
 async def test_ack(env: Env) -> None:

@@ -291,7 +291,7 @@ def test_the_alerts_as_a_table(daemon: Daemon) -> None:
     add(daemon, "--district", "Cô Tô")
     (silence,) = daemon.silences()
     started = START + 20  # down from the third round
-    grid = silence_cli.alerts_list(ns(daemon, json=False), now=started + 125)
+    grid = silence_cli.alerts_list(ns(daemon, json=False, ended=False), now=started + 125)
     assert isinstance(grid, silence_cli.Grid)
     assert grid.columns == ("severity", "kind", "endpoint", "district", "since", "affected",
                             "held back by")  # fmt: skip
@@ -303,6 +303,30 @@ def test_the_alerts_as_a_table(daemon: Daemon) -> None:
     assert since.text.endswith(" (2m ago)")
     assert affected.text == "1"
     assert held.text == f"silence {silence.id}"
+
+
+def test_what_ended_lately(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    daemon.rounds(3, hub=True, c1=True, x=False)  # x fails from START, fires at START + 20
+    daemon.rounds(2, hub=True, c1=True, x=True)  # and is up again at START + 40
+    grid = silence_cli.alerts_list(
+        ns(daemon, json=False, ended=True, since="2h"), now=START + 40 + 300
+    )
+    assert isinstance(grid, silence_cli.Grid)
+    assert grid.title == "1 alert ended in the last 2h"
+    assert grid.columns == ("severity", "kind", "endpoint", "district", "started", "lasted",
+                            "affected")  # fmt: skip
+    ((severity, kind, endpoint, district, started, lasted, affected),) = grid.rows
+    assert [c.text for c in (severity, kind, endpoint, district)] == [
+        "critical", "endpoint_down", "x", "Hạ Long"
+    ]  # fmt: skip
+    assert started.text.endswith(f"({silence_cli.span(340)} ago)")
+    assert lasted.text == "40s"
+    assert affected.text == ""
+    assert vcmon("alerts", "list", "--url", daemon.url, "--ended", "--since", "1d", "--json") == 0
+    (alert,) = json.loads(capsys.readouterr().out)["alerts"]
+    assert alert["status"] == "resolved"
+    assert vcmon("alerts", "list", "--url", daemon.url, "--ended", "--since", "soon") == 2
+    assert "since: expected e.g. 2h" in capsys.readouterr().err
 
 
 # --- where the daemon is ------------------------------------------------------------------------

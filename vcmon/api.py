@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from vcmon.alerts.runtime import AlertRuntime
 
 MAX_SILENCE: Final = 30 * 86400.0  # s; longer than a month is forgetting, not silencing
+DAY: Final = 86400.0  # s of ended alerts listed unless `since` says otherwise
 _DURATION: Final = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
 
 
@@ -213,19 +214,34 @@ class Api:
 
     @_engine_route
     async def list_alerts(self, runtime: AlertRuntime, request: Request) -> Response:
-        unknown = sorted(set(request.query) - set(_ALERT_FILTERS))
+        known = (*_ALERT_FILTERS, "state", "since")
+        unknown = sorted(set(request.query) - set(known))
         if unknown:
             # A misspelt filter would otherwise answer every alert, which reads as "all of these".
-            raise BadInput(
-                f"{unknown[0]}: unknown filter, expected one of {', '.join(_ALERT_FILTERS)}"
-            )
-        wanted = {k: v[0] for k, v in request.query.items()}
-        docs = []
-        for alert in runtime.alerts():
+            raise BadInput(f"{unknown[0]}: unknown filter, expected one of {', '.join(known)}")
+        wanted = {k: v[0] for k, v in request.query.items() if k in _ALERT_FILTERS}
+        state = request.query.get("state", ["open"])[0] or "open"
+        if state not in ("open", "ended", "all"):
+            raise BadInput(f"state: expected open, ended or all, got {state!r}")
+        since = request.query.get("since", [""])[0]
+        if since and state == "open":
+            raise BadInput("since: only for state=ended or state=all")
+        try:
+            window = parse_duration(since) if since else DAY
+        except BadInput as exc:
+            raise BadInput(str(exc).replace("duration:", "since:", 1)) from None
+
+        def wanted_alert(alert: Alert) -> bool:
             fields = {"kind": alert.kind.value, "severity": alert.severity.value,
                       "district": alert.target.district, "endpoint": alert.target.id}  # fmt: skip
-            if all(fields[k] == v for k, v in wanted.items()):
-                docs.append(_open_alert_doc(runtime, alert))
+            return all(fields[k] == v for k, v in wanted.items())
+
+        docs = []
+        if state != "ended":
+            docs += [_open_alert_doc(runtime, a) for a in runtime.alerts() if wanted_alert(a)]
+        if state != "open":
+            ended = runtime.ended_alerts(runtime.clock.time() - window)
+            docs += [_ended_alert_doc(runtime, a, at) for a, at in ended if wanted_alert(a)]
         return json_response({"alerts": docs})
 
     @_engine_route
@@ -293,6 +309,24 @@ def _open_alert_doc(runtime: AlertRuntime, alert: Alert) -> dict[str, Any]:
         detail=alert.detail,
     )
     return alert_doc(alert, runtime.suppressed_by(alert), summary)
+
+
+def _ended_alert_doc(runtime: AlertRuntime, alert: Alert, ended_at: float) -> dict[str, Any]:
+    """alert_doc of an alert that ended, worded as its resolve."""
+    from vcmon.alerts.model import Status
+
+    summary, _ = runtime.engine.messages.render(
+        kind=alert.kind,
+        status=Status.RESOLVED,
+        severity=alert.severity,
+        target=alert.target,
+        affected=alert.affected,
+        measurements=alert.measurements,
+        started_at=alert.started_at,
+        at=ended_at,
+        detail=alert.detail,
+    )
+    return alert_doc(alert, None, summary) | {"status": "resolved", "ended_at": _iso(ended_at)}
 
 
 def _json_body(request: Request, fields: tuple[str, ...]) -> dict[str, Any]:

@@ -73,8 +73,18 @@ def add_parsers(
 ) -> None:
     """Add `silence …` to ``sub`` and `list` to the `alerts` subcommands; each runs through
     ``handler``, which calls ``args.run`` and draws what it returns."""
-    al_list = alerts_sub.add_parser("list", help="open alerts of a running daemon")
+    al_list = alerts_sub.add_parser(
+        "list", help="open alerts of a running daemon, or those that ended (--ended)"
+    )
     add_daemon_options(al_list)
+    al_list.add_argument(
+        "--ended", action="store_true", help="alerts that ended instead: what happened lately"
+    )
+    al_list.add_argument(
+        "--since",
+        default="24h",
+        help="with --ended: how far back, e.g. 12h, 7d (default 24h; at most 30d)",
+    )
     al_list.add_argument("--json", action="store_true", help="the API's JSON")
     al_list.set_defaults(func=handler, run=alerts_list)
 
@@ -232,11 +242,19 @@ def silence_list(args: argparse.Namespace, now: float | None = None) -> Output:
 
 
 def alerts_list(args: argparse.Namespace, now: float | None = None) -> Output:
-    """Open alerts, critical first, as a table or the API's JSON."""
-    doc = call(daemon_url(args), "GET", "/api/v1/alerts")
+    """Open alerts, critical first, as a table or the API's JSON; with ``--ended``, the
+    alerts that ended, the latest first."""
+    from urllib.parse import quote
+
+    path = "/api/v1/alerts"
+    if args.ended:
+        path += f"?state=ended&since={quote(args.since, safe='')}"
+    doc = call(daemon_url(args), "GET", path)
     if args.json:
         return json.dumps(doc, ensure_ascii=False, indent=2)
     now = _now() if now is None else now
+    if args.ended:
+        return _ended_grid(doc["alerts"], args.since, now)
     alerts = sorted(doc["alerts"], key=lambda a: (a["severity"] != "critical", a["started_at"]))
     rows = [
         (
@@ -252,6 +270,25 @@ def alerts_list(args: argparse.Namespace, now: float | None = None) -> Output:
     ]
     columns = ("severity", "kind", "endpoint", "district", "since", "affected", "held back by")
     return Grid(_count(len(rows), "open alert"), columns, rows)
+
+
+def _ended_grid(alerts: list[dict[str, Any]], since: str, now: float) -> Grid:
+    rows = []
+    for a in alerts:
+        started, ended = _parse_time(a["started_at"]), _parse_time(a["ended_at"])
+        rows.append(
+            (
+                Cell(a["severity"], _SEVERITY_STYLE.get(a["severity"], "")),
+                Cell(a["kind"]),
+                Cell(a["endpoint"]["id"]),
+                Cell(a["endpoint"]["district"]),
+                Cell(_since(started, now)),
+                Cell(span(ended - started)),
+                Cell(str(len(a["affected"])) if a["affected"] else ""),
+            )
+        )
+    columns = ("severity", "kind", "endpoint", "district", "started", "lasted", "affected")
+    return Grid(_count(len(rows), "alert", f" ended in the last {since}"), columns, rows)
 
 
 # --- shaping ------------------------------------------------------------------------------------

@@ -170,6 +170,10 @@ class AlertRuntime:
         """Open alerts, oldest first."""
         return self.engine.open_alerts()
 
+    def ended_alerts(self, since: float) -> list[tuple[Alert, float]]:
+        """Alerts that ended at or after ``since`` (and are still kept), with their end."""
+        return self.store.ended_alerts(since)
+
     def firing_by_severity(self) -> Counter[str]:
         """Open alerts counted by severity (for vcmon_alerts_firing)."""
         return Counter(a.severity.value for a in list(self.engine.alerts.values()))

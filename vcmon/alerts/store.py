@@ -451,6 +451,17 @@ class Store:
             rows = self._db.execute(sql, (limit,)).fetchall()
         return [self._decode(body, alert_from_json) for (body,) in rows]
 
+    def ended_alerts(self, since: float, limit: int = 1000) -> list[tuple[Alert, float]]:
+        """Alerts that ended at or after ``since``, each with its end, the latest end first."""
+        _check_limit(limit)
+        with self._failing("read"):
+            rows = self._db.execute(
+                "SELECT body, ended_at FROM alerts WHERE ended_at >= ? "
+                "ORDER BY ended_at DESC, alert_id LIMIT ?",
+                (since, limit),
+            ).fetchall()
+        return [(self._decode(body, alert_from_json), float(ended)) for body, ended in rows]
+
     def silences(self, now: float, *, include_expired: bool = False) -> list[Silence]:
         """Silences not ended at ``now`` (or all, with ``include_expired``), by end."""
         with self._failing("read"):
