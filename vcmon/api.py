@@ -295,19 +295,7 @@ def _open_alert_doc(runtime: AlertRuntime, alert: Alert) -> dict[str, Any]:
     """alert_doc with what the runtime knows now: why it is held back, its summary."""
     from vcmon.alerts.model import Status
 
-    # Rendered now rather than stored: the wording follows the config's locale and
-    # templates after a reload, as the next event's would.
-    summary, _ = runtime.engine.messages.render(
-        kind=alert.kind,
-        status=Status.FIRING,
-        severity=alert.severity,
-        target=alert.target,
-        affected=alert.affected,
-        measurements=alert.measurements,
-        started_at=alert.started_at,
-        at=runtime.clock.time(),
-        detail=alert.detail,
-    )
+    summary = runtime.summary(alert, Status.FIRING, runtime.clock.time())
     return alert_doc(alert, runtime.suppressed_by(alert), summary)
 
 
@@ -315,17 +303,7 @@ def _ended_alert_doc(runtime: AlertRuntime, alert: Alert, ended_at: float) -> di
     """alert_doc of an alert that ended, worded as its resolve."""
     from vcmon.alerts.model import Status
 
-    summary, _ = runtime.engine.messages.render(
-        kind=alert.kind,
-        status=Status.RESOLVED,
-        severity=alert.severity,
-        target=alert.target,
-        affected=alert.affected,
-        measurements=alert.measurements,
-        started_at=alert.started_at,
-        at=ended_at,
-        detail=alert.detail,
-    )
+    summary = runtime.summary(alert, Status.RESOLVED, ended_at)
     return alert_doc(alert, None, summary) | {"status": "resolved", "ended_at": _iso(ended_at)}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vcmon.alerts.engine import AlertEngine, measurements
-from vcmon.alerts.model import Alert, Changes, Silence, rfc3339
+from vcmon.alerts.model import Alert, Changes, Silence, Status, rfc3339
 from vcmon.alerts.policy import Matchers
 from vcmon.alerts.store import Store
 from vcmon.clock import Clock, SystemClock
@@ -169,6 +169,22 @@ class AlertRuntime:
     def alerts(self) -> list[Alert]:
         """Open alerts, oldest first."""
         return self.engine.open_alerts()
+
+    def summary(self, alert: Alert, status: Status, at: float) -> str:
+        """The one-line summary an event of ``status`` at ``at`` would carry, worded now (the
+        config's locale and templates after a reload, as the next event's would be)."""
+        summary, _ = self.engine.messages.render(
+            kind=alert.kind,
+            status=status,
+            severity=alert.severity,
+            target=alert.target,
+            affected=alert.affected,
+            measurements=alert.measurements,
+            started_at=alert.started_at,
+            at=at,
+            detail=alert.detail,
+        )
+        return summary
 
     def ended_alerts(self, since: float) -> list[tuple[Alert, float]]:
         """Alerts that ended at or after ``since`` (and are still kept), with their end."""
