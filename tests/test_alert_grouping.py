@@ -195,7 +195,7 @@ def test_group_labels() -> None:
         ({"by": ["district", "district"]}, "names a field twice"),
         ({"by": ["room"]}, "Input should be 'district'"),
         ({"wait": -1}, "expected a number of seconds ≥ 0, got -1"),
-        ({"interval": True}, "expected a number of seconds, got true"),
+        ({"interval": True}, "expected a number, got true"),
         ({"repeat": 60}, "repeat (60 s) must not be below interval (300 s)"),
         ({"wiat": 5}, "Extra inputs are not permitted"),
     ],

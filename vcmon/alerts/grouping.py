@@ -12,29 +12,15 @@ Pure and synchronous: the caller passes the time and sends what ``due`` returns.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from vcmon.fields import NonNegativeSeconds
 
 GroupField = Literal["district", "kind", "severity", "level", "endpoint", "instance"]
-
-
-def _not_bool(value: object) -> object:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number of seconds, got {str(value).lower()}")
-    return value
-
-
-def _seconds(value: float) -> float:
-    if not value >= 0 or math.isinf(value):
-        raise ValueError(f"expected a number of seconds ≥ 0, got {value:g}")
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(_not_bool), AfterValidator(_seconds)]
 
 
 class GroupPolicy(BaseModel):
@@ -43,9 +29,11 @@ class GroupPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     by: tuple[GroupField, ...] = ("district", "kind")
-    wait: Seconds = 30.0  # a new group gathers its siblings this long before the first send
-    interval: Seconds = 300.0  # at least this long between two notifications of a group
-    repeat: Seconds = 14400.0  # re-send a group still firing; 0 never
+    wait: NonNegativeSeconds = (
+        30.0  # a new group gathers its siblings this long before the first send
+    )
+    interval: NonNegativeSeconds = 300.0  # at least this long between two notifications of a group
+    repeat: NonNegativeSeconds = 14400.0  # re-send a group still firing; 0 never
 
     @model_validator(mode="after")
     def _check(self) -> GroupPolicy:

@@ -24,17 +24,13 @@ from pydantic import (
     model_validator,
 )
 
+from vcmon.fields import NonNegative, NonNegativeSeconds, not_bool
+
 _M = TypeVar("_M", bound=BaseModel)
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-
-def _not_bool(value: object) -> object:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {str(value).lower()}")
-    return value
 
 
 def _rounds(value: int) -> int:
@@ -49,22 +45,15 @@ def _percent(value: float) -> float:
     return value
 
 
-def _non_negative(value: float) -> float:
-    if value < 0:
-        raise ValueError(f"expected a value ≥ 0, got {value:g}")
-    return value
-
-
-Rounds = Annotated[int, BeforeValidator(_not_bool), AfterValidator(_rounds)]
-Percent = Annotated[float, BeforeValidator(_not_bool), AfterValidator(_percent)]
-Value = Annotated[float, BeforeValidator(_not_bool), AfterValidator(_non_negative)]
+Rounds = Annotated[int, BeforeValidator(not_bool), AfterValidator(_rounds)]
+Percent = Annotated[float, BeforeValidator(not_bool), AfterValidator(_percent)]
 
 
 class FlapPolicy(_Frozen):
     """Nagios-style flap detection over the last ``window`` round results."""
 
     enabled: bool = True
-    window: Annotated[int, BeforeValidator(_not_bool), AfterValidator(_rounds)] = 21
+    window: Annotated[int, BeforeValidator(not_bool), AfterValidator(_rounds)] = 21
     start_pct: Percent = 30.0
     stop_pct: Percent = 20.0
 
@@ -91,8 +80,8 @@ class HealthPolicy(_Frozen):
 class Level(_Frozen):
     """One severity's pair of values: ``raise`` starts it, ``clear`` ends it."""
 
-    raise_: Annotated[Value, Field(alias="raise")]
-    clear: Value | None = None  # None: the same as raise, no hysteresis
+    raise_: Annotated[NonNegative, Field(alias="raise")]
+    clear: NonNegative | None = None  # None: the same as raise, no hysteresis
 
     @property
     def clear_at(self) -> float:
@@ -221,7 +210,7 @@ class DistrictRule(_Frozen):
     enabled: bool = True
     down_pct: Percent = 50.0
     clear_pct: Percent = 25.0
-    min_endpoints: Annotated[int, BeforeValidator(_not_bool), AfterValidator(_rounds)] = 4
+    min_endpoints: Annotated[int, BeforeValidator(not_bool), AfterValidator(_rounds)] = 4
 
     @model_validator(mode="after")
     def _clear_below_down(self) -> DistrictRule:
@@ -361,15 +350,11 @@ class AlertsConfig(_Frozen):
     districts: DistrictRule = DistrictRule()
     # Seconds a sink may fail to deliver before a `sink_failing` alert goes out (through the
     # other sinks). Default 300
-    sink_failing_after: Annotated[
-        float, BeforeValidator(_not_bool), AfterValidator(_non_negative)
-    ] = 300.0
+    sink_failing_after: NonNegativeSeconds = 300.0
     # Days ended alerts, their events and expired silences are kept in the state file before
     # they are pruned; 0 keeps them for ever. Events a sink has not delivered yet are kept
     # whatever their age.
-    retention_days: Annotated[float, BeforeValidator(_not_bool), AfterValidator(_non_negative)] = (
-        90.0
-    )
+    retention_days: NonNegative = 90.0
     maintenance: tuple[MaintenanceWindow, ...] = ()
     templates: Mapping[Locale, Mapping[str, Template]] = Field(default_factory=dict)
 

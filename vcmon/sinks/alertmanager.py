@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from vcmon.alerts.policy import Matchers
+from vcmon.fields import PositiveSeconds
 from vcmon.logs import event as log_event
 from vcmon.sinks.base import Reject, Retry
 
@@ -32,12 +33,6 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def _positive(value: float) -> float:
-    if value <= 0:
-        raise ValueError(f"expected a number of seconds > 0, got {value:g}")
-    return value
-
-
 class AlertmanagerConfig(BaseModel):
     """``type: alertmanager``."""
 
@@ -47,9 +42,9 @@ class AlertmanagerConfig(BaseModel):
     name: str = "alertmanager"
     url: Annotated[str, AfterValidator(_http_url)]  # e.g. http://127.0.0.1:9093
     match: Matchers = Matchers()
-    timeout: Annotated[float, AfterValidator(_positive)] = 5.0
+    timeout: PositiveSeconds = 5.0
     # Below Alertmanager's resolve_timeout (5 min), or it resolves what still fires.
-    repost_interval: Annotated[float, AfterValidator(_positive)] = 60.0
+    repost_interval: PositiveSeconds = 60.0
     verify_tls: bool = True
     ca_file: str | None = None
     generator_url: str = ""  # where a human sees the alert, e.g. vcmon's /api/v1/alerts

@@ -3,7 +3,6 @@ not load the MQTT client library."""
 
 from __future__ import annotations
 
-import math
 import os
 import ssl
 from pathlib import Path
@@ -20,12 +19,7 @@ from pydantic import (
 )
 
 from vcmon.alerts.policy import Matchers
-
-
-def _not_bool(value: object) -> object:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {str(value).lower()}")
-    return value
+from vcmon.fields import PositiveSeconds, not_bool, positive_seconds
 
 
 def _port(value: int) -> int:
@@ -43,12 +37,6 @@ def _qos(value: int) -> int:
 def _keepalive(value: int) -> int:
     if not 5 <= value <= 65535:
         raise ValueError(f"expected a keepalive from 5 to 65535 seconds, got {value}")
-    return value
-
-
-def _positive(value: float) -> float:
-    if not value > 0 or math.isinf(value):
-        raise ValueError(f"expected a number of seconds > 0, got {value:g}")
     return value
 
 
@@ -72,7 +60,7 @@ def _readable(value: str) -> str:
     return value
 
 
-Port = Annotated[int, BeforeValidator(_not_bool), AfterValidator(_port)]
+Port = Annotated[int, BeforeValidator(not_bool), AfterValidator(_port)]
 File = Annotated[str, AfterValidator(_readable)]
 
 
@@ -133,13 +121,13 @@ class MqttConfig(BaseModel):
     password_env: str | None = None  # read from this environment variable when loaded
     password_file: str | None = None  # read from this file (one line) when loaded
     tls: TlsConfig | None = None
-    keepalive: Annotated[int, BeforeValidator(_not_bool), AfterValidator(_keepalive)] = 30
-    qos: Annotated[int, BeforeValidator(_not_bool), AfterValidator(_qos)] = 1
+    keepalive: Annotated[int, BeforeValidator(not_bool), AfterValidator(_keepalive)] = 30
+    qos: Annotated[int, BeforeValidator(not_bool), AfterValidator(_qos)] = 1
     protocol: Annotated[Literal["auto", "5", "3.1.1"], BeforeValidator(_protocol)] = "auto"
-    message_expiry: Annotated[int, BeforeValidator(_not_bool), AfterValidator(_positive)] | None = (
-        None  # s an event waits for an offline persistent subscriber (MQTT 5)
-    )
-    timeout: Annotated[float, BeforeValidator(_not_bool), AfterValidator(_positive)] = 10.0
+    message_expiry: (
+        Annotated[int, BeforeValidator(not_bool), AfterValidator(positive_seconds)] | None
+    ) = None  # s an event waits for an offline persistent subscriber (MQTT 5)
+    timeout: PositiveSeconds = 10.0
 
     _secret: str | None = PrivateAttr(default=None)
 

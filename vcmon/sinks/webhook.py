@@ -19,7 +19,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
-import math
 import os
 import re
 import ssl
@@ -35,6 +34,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from vcmon import __version__
 from vcmon.alerts.grouping import GroupPolicy, Notification, resolve_group
 from vcmon.alerts.policy import Matchers
+from vcmon.fields import PositiveSeconds
 from vcmon.sinks.base import Gone, Reject, Retry, SinkSetupError
 from vcmon.sinks.webhook_bodies import BodyKind, body_for, group_body_for
 
@@ -99,18 +99,6 @@ def _http_url(value: str) -> str:
     return value
 
 
-def _not_bool(value: object) -> object:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {str(value).lower()}")
-    return value
-
-
-def _positive(value: float) -> float:
-    if not value > 0 or math.isinf(value):
-        raise ValueError(f"expected a number of seconds > 0, got {value:g}")
-    return value
-
-
 def _chat_id(value: object) -> object:
     # YAML reads a numeric chat id (-1001234567890) as a number.
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -143,7 +131,7 @@ class WebhookConfig(BaseModel):
     secret_env: str | None = None  # or the name of an environment variable holding them
     secret_file: str | None = None  # or a file holding them
     chat_id: Annotated[str | None, BeforeValidator(_chat_id)] = None  # body telegram's chat
-    timeout: Annotated[float, BeforeValidator(_not_bool), AfterValidator(_positive)] = 5.0
+    timeout: PositiveSeconds = 5.0
     verify_tls: bool = True
     ca_file: str | None = None  # trust this CA (PEM) instead of the system's
     headers: Annotated[Mapping[str, str], AfterValidator(_headers)] = Field(
