@@ -694,20 +694,26 @@ class AlertEngine:
         digest = hashlib.sha256(f"{self.epoch}|{target_id}|{kind}|{now!r}".encode()).hexdigest()
         return digest[:16]
 
-    def _event(
-        self, alert: Alert, status: Status, now: float, ended_at: float | None
-    ) -> AlertEvent:
-        self.seq += 1
-        summary, description = self.messages.render(
+    def words(self, alert: Alert, status: Status, at: float) -> tuple[str, str]:
+        """The summary and description of ``alert`` as an event of ``status`` at ``at``."""
+        return self.messages.render(
             kind=alert.kind,
-            status=Status.FIRING if status is Status.ACKNOWLEDGED else status,
+            status=status,
             severity=alert.severity,
             target=alert.target,
             affected=alert.affected,
             measurements=alert.measurements,
             started_at=alert.started_at,
-            at=now,
+            at=at,
             detail=alert.detail,
+        )
+
+    def _event(
+        self, alert: Alert, status: Status, now: float, ended_at: float | None
+    ) -> AlertEvent:
+        self.seq += 1
+        summary, description = self.words(
+            alert, Status.FIRING if status is Status.ACKNOWLEDGED else status, now
         )
         ack = alert.detail.get("ack")
         if status is Status.ACKNOWLEDGED and isinstance(ack, Mapping):

@@ -173,18 +173,7 @@ class AlertRuntime:
     def summary(self, alert: Alert, status: Status, at: float) -> str:
         """The one-line summary an event of ``status`` at ``at`` would carry, worded now (the
         config's locale and templates after a reload, as the next event's would be)."""
-        summary, _ = self.engine.messages.render(
-            kind=alert.kind,
-            status=status,
-            severity=alert.severity,
-            target=alert.target,
-            affected=alert.affected,
-            measurements=alert.measurements,
-            started_at=alert.started_at,
-            at=at,
-            detail=alert.detail,
-        )
-        return summary
+        return self.engine.words(alert, status, at)[0]
 
     def ended_alerts(self, since: float) -> list[tuple[Alert, float]]:
         """Alerts that ended at or after ``since`` (and are still kept), with their end."""
