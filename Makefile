@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBS := fping iproute2 procps prometheus prometheus-alertmanager mosquitto openssl
+DEBS := fping iproute2 procps prometheus prometheus-alertmanager mosquitto openssl podman runc debootstrap
 
 .PHONY: demo test lint typecheck unit bench-accuracy bench-cost bench-scale bench-delivery clean debs
 
