@@ -11,8 +11,10 @@ every run, in storage that lives and dies with the run.
 
 Everything Podman keeps lives in one private directory (:meth:`Podman.private`): storage, run
 state, volumes, locks, events and network configs, set by its own containers.conf,
-storage.conf and registries.conf named in CONTAINERS_* variables. No setting under /etc is
-changed, and nothing is ever pulled (``--pull=never`` throughout).
+storage.conf and registries.conf named in CONTAINERS_* variables; outside it, Podman leaves
+only its blob-info cache (/var/lib/containers/cache), an empty /run/containers/networks and
+empty ``libpod_parent`` cgroups. No setting under /etc is changed, and nothing is ever pulled
+(``--pull=never`` throughout).
 
 What this machine needs, each set in that private containers.conf or on the command line:
 

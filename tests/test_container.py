@@ -57,6 +57,7 @@ from .test_deploy import (
     CONTAINER_CONFIG,
     PING_RANGE_MAX,
     VERSION,
+    _unavailable,
     env_of,
     exec_form,
     healthcheck,
@@ -74,13 +75,6 @@ PING_SYSCTL = ("--sysctl", f"net.ipv4.ping_group_range=0 {PING_RANGE_MAX}")
 STOP_WITHIN = 5.0  # seconds from SIGTERM to exit; vcmon itself promises 2
 
 
-def _unavailable(reason: str) -> None:
-    """Skip, or fail when ``CI`` is set: CI never skips silently."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI is set, so this is a failure, not a skip")
-    pytest.skip(reason)
-
-
 @dataclass(frozen=True)
 class Image:
     podman: Podman
@@ -95,7 +89,9 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
         _unavailable("needs root (rootful Podman, network namespaces)")
     missing = missing_tools()
     if missing:
-        _unavailable(f"cannot run containers here: needs {', '.join(missing)}")
+        _unavailable(
+            f"cannot run containers here: needs {', '.join(missing)} (make test installs them)"
+        )
     root = tmp_path_factory.mktemp("podman")
     podman = Podman.private(root)
     try:
