@@ -485,6 +485,18 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _ignore_stop_signals() -> None:
+    """From the first stop on, ignore further stop signals. Taken from asyncio's hands first:
+    it restores their default action when its loop closes, which would kill the teardown."""
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vcmon.lab import demo
     from vcmon.lab.control import lab_down, unavailable_reason
@@ -530,13 +542,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         out.print(f"status:  {urls[1]}", markup=False)
         if live_view:
             with Live(console=out, refresh_per_second=4) as live:
-                asyncio.run(demo.run(plan, lambda snap: live.update(_demo_view(snap, urls))))
+                asyncio.run(
+                    demo.run(
+                        plan,
+                        lambda snap: live.update(_demo_view(snap, urls)),
+                        on_stop=_ignore_stop_signals,
+                    )
+                )
         else:
             asyncio.run(
                 demo.run(
                     plan,
                     lambda snap: out.print(_demo_line(snap), markup=False, soft_wrap=True),
                     tick=args.summary_every,
+                    on_stop=_ignore_stop_signals,
                 )
             )
     except Exception as exc:  # an ExceptionGroup from the TaskGroup, usually
@@ -550,11 +569,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             err.print(f"vcmon: demo stopped: {problem}", markup=False)
         return EXIT_FAILURE
     finally:
+        # A second Ctrl-C, or `timeout` signalling the process and then its group, must not
+        # cut the teardown short and leave the namespaces behind.
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         if plan.lab is not None:
-            # A second Ctrl-C, or `timeout` signalling the process and then its group, must
-            # not cut the teardown short and leave the namespaces behind.
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_IGN)
             lab_down(home)
             out.print("lab down")
     return EXIT_OK

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from vcmon import __version__
@@ -46,6 +46,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._stopping = False
         self._reload_wanted = False
+        self.on_stop: Callable[[], None] | None = None  # told, in the loop, when asked to stop
 
     def _engine_counters(self) -> dict[str, int]:
         return dict(self._engine.counters) if self._engine is not None else {}
@@ -53,6 +54,8 @@ class Daemon:
     def stop(self) -> None:
         """Ask the daemon to finish; safe to call from a signal handler."""
         self._stopping = True
+        if self.on_stop is not None:
+            self.on_stop()
         self._wake.set()
 
     def reload(self) -> None:

@@ -199,6 +199,7 @@ async def run(
     *,
     tick: float = 1.0,
     on_scenario: Callable[[Progress], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> None:
     """Run daemon, scenario and view in one TaskGroup until the daemon stops (SIGINT/SIGTERM).
 
@@ -206,6 +207,7 @@ async def run(
     is the caller's (it also has to happen when this never got to run).
     """
     daemon = Daemon(plan.config, icmp_netns=plan.netns)
+    daemon.on_stop = on_stop
     started = time.monotonic()
     progress: list[Progress] = []
 
