@@ -5,8 +5,8 @@ repeated keys, a Containerfile parser, YAML) and checked against the others and 
 vcmon: commands parse with vcmon's own CLI, configs pass ``vcmon check``, ports, users,
 paths and names agree between files. Where the real tool is here it has the last word:
 ``systemd-analyze verify`` and ``security``, ``promtool``, ``kubectl kustomize``,
-``mosquitto``, ``docker build``. A tool that is missing skips its test, or fails it when
-``CI`` is set (Docker: only when ``docker info`` works).
+``mosquitto``. A tool that is missing skips its test, or fails it when ``CI`` is set. The
+image itself is built and run with Podman in test_container.py.
 
 ``test_runs_with_the_deployed_privileges`` starts vcmon as each deployment does, in a fresh
 network namespace: the unit's capabilities (CAP_NET_RAW → a raw socket), or none and the
