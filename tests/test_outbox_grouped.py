@@ -186,6 +186,26 @@ async def test_notified_alerts_are_not_sent_again_after_a_restart_but_repeated(
     assert [e["id"] for e in repeat.firing] == ["e1"]
 
 
+async def test_an_acknowledged_alert_is_not_repeated_after_a_restart(store: Store) -> None:
+    clock = FakeClock(T0)
+    first = GroupingSink("g")
+    async with Running(dispatcher(first, store, clock)) as d:
+        write(store, event(1))
+        clock.now += 30
+        await settled(d)
+        write(store, replace(event(1), id="e2", seq=2, status=Status.ACKNOWLEDGED, at=clock.now))
+        clock.now += 300
+        await settled(d)
+        assert store.cursor("g") == 2
+    assert first.seen() == [["e1"], ["e2"]]
+    second = GroupingSink("g")
+    async with Running(dispatcher(second, store, clock)) as d2:
+        await settled(d2)  # seeded from the log at the restart's time
+        clock.now += 10 * POLICY.repeat
+        await settled(d2)
+    assert second.notes == []
+
+
 async def test_retried_until_acknowledged_then_latency_from_when_due(store: Store) -> None:
     clock, sink = FakeClock(T0), GroupingSink("g", [Retry("http_500")] * 3)
     latencies: list[float] = []

@@ -162,9 +162,10 @@ class Dispatcher:
         name = self.sink.name
         fed = saved = self.store.cursor(name) or 0
         now = self.clock()
-        for doc in self.store.firing_events():
+        for doc in self.store.open_events():
+            # Notified before the restart; an acknowledged one stays unrepeated.
             if int(doc["seq"]) <= fed and self.route(doc):
-                grouper.seed(doc, now)  # notified before the restart
+                grouper.seed(doc, now)
         while True:
             self._wake.clear()
             cursor = self.store.cursor(name) or 0

@@ -438,6 +438,17 @@ class Store:
             ).fetchall()
         return [self._decode(body, _json_object) for (body,) in rows]
 
+    def open_events(self) -> list[dict[str, Any]]:
+        """The newest event of every open alert that was announced (firing or acknowledged),
+        oldest first."""
+        with self._failing("read"):
+            rows = self._db.execute(
+                "SELECT e.body FROM events e JOIN alerts a ON a.alert_id = e.alert_id "
+                "WHERE a.ended_at IS NULL AND e.seq = (SELECT MAX(seq) FROM events "
+                "WHERE alert_id = e.alert_id) ORDER BY e.seq"
+            ).fetchall()
+        return [self._decode(body, _json_object) for (body,) in rows]
+
     def alerts(self, *, include_ended: bool = False, limit: int = 1000) -> list[Alert]:
         """Open alerts, oldest first; with ``include_ended`` ended ones too, newest first."""
         _check_limit(limit)
