@@ -575,8 +575,87 @@ async def wait_until_async(
         await asyncio.sleep(interval)
 
 
-class ResponderProcess:
+class NamespaceProcess:
+    """A lab process inside a network namespace, started here or attached to by its pid
+    (when ``vcmon lab up`` started it): spawning, signals, its log, stopping."""
+
+    name = "process"  # in messages
+    error: type[ResponderError] = ResponderError
+
+    def __init__(self, netns: str, log_path: Path) -> None:
+        self.netns = netns
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._attached: int | None = None  # pid of one another process started
+
+    @property
+    def pid(self) -> int | None:
+        return self._attached if self._proc is None else self._proc.pid
+
+    def _attach(self, pid: int) -> None:
+        if self._proc is not None:
+            raise self.error(f"{self.name} already started by this controller")
+        self._attached = pid
+
+    def _spawn(self, command: list[str]) -> None:
+        # The child must import this very package, wherever the test run found it.
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        with self.log_path.open("ab") as log_fh:
+            # `ip netns exec` execs in place, so the Popen pid is the child's own. Always its
+            # own session: the terminal's Ctrl-C goes to the demo, which then restores and
+            # stops the lab in order; PDEATHSIG still ends a tied child.
+            self._proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh, env=env,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def _terminate(self, timeout: float) -> int | None:
+        """SIGTERM and wait (SIGKILL after ``timeout``); the exit code, None if not ours."""
+        proc, self._proc = self._proc, None
+        attached, self._attached = self._attached, None
+        if proc is None:
+            if attached is not None and _alive(attached):
+                os.kill(attached, signal.SIGTERM)
+                wait_until(lambda: not _alive(attached), timeout, f"the {self.name} to stop")
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s %d ignored SIGTERM, killing it", self.name, proc.pid)
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def _require(self) -> None:
+        if self._proc is not None:
+            if self._proc.poll() is not None:
+                raise self.error(
+                    f"{self.name} exited with {self._proc.returncode}: {self._log_tail()}"
+                )
+        elif self._attached is None or not _alive(self._attached):
+            raise self.error(f"{self.name} is not running: {self._log_tail()}")
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(sig)
+        elif self._attached is not None:
+            os.kill(self._attached, sig)
+
+    def _log_tail(self, limit: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:].strip()
+        except FileNotFoundError:
+            return ""
+
+
+class ResponderProcess(NamespaceProcess):
     """Start, reconfigure and stop a responder inside a (province) network namespace."""
+
+    name = "responder"
 
     def __init__(
         self,
@@ -592,7 +671,7 @@ class ResponderProcess:
         die_with_parent: bool = False,
         truth_max_bytes: int = 0,
     ) -> None:
-        self.netns = netns
+        super().__init__(netns, log_path or truth_path.with_suffix(".log"))
         self.die_with_parent = die_with_parent
         self.truth_max_bytes = truth_max_bytes
         self.cpus = sorted(cpus) if cpus else None
@@ -601,20 +680,11 @@ class ResponderProcess:
         self.profiles_path = profiles_path
         self.truth_path = truth_path
         self.seed = seed
-        self.log_path = log_path or truth_path.with_suffix(".log")
         self.truth = TruthLog(truth_path)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._attached: int | None = None  # pid of a responder another process started
-
-    @property
-    def pid(self) -> int | None:
-        return self._attached if self._proc is None else self._proc.pid
 
     def attach(self, pid: int) -> None:
         """Control a responder started by another process (``vcmon lab up``), by its pid."""
-        if self._proc is not None:
-            raise ResponderError("responder already started by this controller")
-        self._attached = pid
+        self._attach(pid)
         self.truth.skip_to_end()  # its history is not ours to wait through
 
     def write_profiles(self, profiles: Mapping[str, Profile]) -> str:
@@ -649,18 +719,7 @@ class ResponderProcess:
             raise ResponderError("responder already started")
         digest = self.write_profiles(profiles)
         before = len(self.truth.poll().events)
-        # The child must import this very package, wherever the test run found it.
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        with self.log_path.open("ab") as log_fh:
-            # `ip netns exec` execs in place, so the Popen pid is the responder's own.
-            # Always its own session: the terminal's Ctrl-C goes to the demo, which then
-            # restores and stops the lab in order; PDEATHSIG still ends a tied responder.
-            self._proc = subprocess.Popen(
-                self.command(), stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh, env=env,
-                start_new_session=True,
-            )  # fmt: skip
+        self._spawn(self.command())
 
         def ready() -> bool:
             if self._proc is not None and self._proc.poll() is not None:
@@ -707,44 +766,9 @@ class ResponderProcess:
 
     def stop(self, *, timeout: float = 5.0) -> int | None:
         """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code, None if not run."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            attached, self._attached = self._attached, None
-            if attached is not None and _alive(attached):
-                os.kill(attached, signal.SIGTERM)
-                wait_until(lambda: not _alive(attached), timeout, "the responder to stop")
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("responder %d ignored SIGTERM, killing it", proc.pid)
-                proc.kill()
-                proc.wait()
+        code = self._terminate(timeout)
         self.truth.poll()
-        return proc.returncode
-
-    def _require(self) -> None:
-        if self._proc is None and self._attached is not None:
-            if not _alive(self._attached):
-                raise ResponderError(f"responder {self._attached} is not running: "
-                                     f"{self._log_tail()}")  # fmt: skip
-            return
-        if self._proc is None or self._proc.poll() is not None:
-            raise ResponderError(f"responder is not running: {self._log_tail()}")
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self._proc is not None:
-            self._proc.send_signal(sig)
-        elif self._attached is not None:
-            os.kill(self._attached, sig)
-
-    def _log_tail(self, limit: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-limit:].strip()
-        except FileNotFoundError:
-            return ""
+        return code
 
 
 def _alive(pid: int) -> bool:

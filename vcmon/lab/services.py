@@ -58,7 +58,6 @@ import resource
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
 from collections import deque
@@ -71,6 +70,7 @@ from typing import IO, Any, NamedTuple
 from vcmon.lab.profiles import DEFAULT_KEY, LAB_NET, Channel, Profile, decide, load_profiles
 from vcmon.lab.responder import (
     SO_TIMESTAMPNS,
+    NamespaceProcess,
     ResponderError,
     profiles_digest,
     wait_until,
@@ -854,8 +854,11 @@ class ServicesError(ResponderError):
     """The services process did not start, reload or stop as asked."""
 
 
-class ServicesProcess:
+class ServicesProcess(NamespaceProcess):
     """Start, reload and stop the services inside a (province) network namespace."""
+
+    name = "services"
+    error = ServicesError
 
     def __init__(
         self,
@@ -867,26 +870,17 @@ class ServicesProcess:
         realtime: int = 0,
         die_with_parent: bool = False,
     ) -> None:
-        self.netns = netns
+        super().__init__(netns, truth_path.with_suffix(".log"))
         self.realtime = realtime
         self.profiles_path = profiles_path
         self.truth_path = truth_path
-        self.log_path = truth_path.with_suffix(".log")
         self.seed = seed
         self.die_with_parent = die_with_parent
         self.truth = ServicesTruth(truth_path)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._attached: int | None = None  # pid of a services process another one started
-
-    @property
-    def pid(self) -> int | None:
-        return self._attached if self._proc is None else self._proc.pid
 
     def attach(self, pid: int) -> None:
         """Control a services process started by another process (``vcmon lab up``), by pid."""
-        if self._proc is not None:
-            raise ServicesError("services already started by this controller")
-        self._attached = pid
+        self._attach(pid)
         self.truth.skip_to_end()  # its history is not ours to wait through
 
     def command(self) -> list[str]:
@@ -907,20 +901,7 @@ class ServicesProcess:
             raise ServicesError("services already started")
         digest = profiles_digest(self.profiles_path.read_bytes())
         before = len(self.truth.poll().events)
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])  # the child imports this very package
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        with self.log_path.open("ab") as log_fh:
-            # `ip netns exec` execs in place, so the Popen pid is the services' own. One meant
-            # to outlive us gets its own session, away from our terminal's signals.
-            self._proc = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log_fh,
-                stderr=log_fh,
-                env=env,
-                start_new_session=True,
-            )
+        self._spawn(self.command())
         self._wait_event(before, "ready", digest, timeout)
 
     def reload(self, *, timeout: float = 5.0) -> None:
@@ -940,23 +921,9 @@ class ServicesProcess:
 
     def stop(self, *, timeout: float = 5.0) -> int | None:
         """SIGTERM and wait (SIGKILL after ``timeout``); the exit code, None if not ours."""
-        proc, self._proc = self._proc, None
-        attached, self._attached = self._attached, None
-        if proc is None:
-            if attached is not None and _alive(attached):
-                os.kill(attached, signal.SIGTERM)
-                wait_until(lambda: not _alive(attached), timeout, "the services to stop")
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("services %d ignored SIGTERM, killing it", proc.pid)
-                proc.kill()
-                proc.wait()
+        code = self._terminate(timeout)
         self.truth.poll()
-        return proc.returncode
+        return code
 
     def records(self) -> list[ServiceRecord]:
         """Every record written so far."""
@@ -999,37 +966,6 @@ class ServicesProcess:
         except ResponderError as exc:
             raise ServicesError(str(exc)) from None
         return found[0]
-
-    def _require(self) -> None:
-        if self._proc is not None:
-            if self._proc.poll() is not None:
-                raise ServicesError(
-                    f"services exited with {self._proc.returncode}: {self._log_tail()}"
-                )
-        elif self._attached is None or not _alive(self._attached):
-            raise ServicesError(f"services are not running: {self._log_tail()}")
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self._proc is not None:
-            self._proc.send_signal(sig)
-        elif self._attached is not None:
-            os.kill(self._attached, sig)
-
-    def _log_tail(self, limit: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-limit:].strip()
-        except FileNotFoundError:
-            return ""
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            # The state letter follows the command name, which is in parentheses.
-            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 # --- command line -----------------------------------------------------------------------------
