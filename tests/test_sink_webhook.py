@@ -785,3 +785,23 @@ def test_grouping_is_off_for_machine_bodies_and_can_be_set() -> None:
     assert config("http://127.0.0.1/", group=True).grouping() == GroupPolicy()
     cfg = config("http://127.0.0.1/", group={"by": ["district"], "wait": 10})
     assert cfg.grouping() == GroupPolicy(by=("district",), wait=10)
+
+
+async def test_alerts_test_sends_a_grouped_sink_what_people_will_see(tmp_path: Path) -> None:
+    from vcmon.config import load_config
+    from vcmon.outbox_cli import send_test
+
+    async with HookReceiver() as r:
+        path = tmp_path / "vcmon.yaml"
+        path.write_text(
+            f"sinks:\n  - {{type: webhook, name: chat, url: '{r.url}', body: slack}}\n"
+            "endpoints:\n  - {id: a, name: A, address: 127.0.0.1, district: X, level: commune}\n",
+            encoding="utf-8",
+        )
+        (result,) = await send_test(load_config(path, env={}))
+    assert result.ok
+    heads = [g.json()["text"].split("\n")[0] for g in r.delivered()]
+    assert len(heads) == 2
+    assert heads[0].endswith(":red_circle: 1")
+    assert heads[1].endswith(":white_check_mark: 1")
+    assert all(g.headers["webhook-id"].startswith("grp-") for g in r.delivered())

@@ -6,21 +6,20 @@ import asyncio
 import functools
 import random
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
-from vcmon.alerts.grouping import GroupPolicy
 from vcmon.alerts.model import Target, matches
 from vcmon.alerts.policy import Matchers
 from vcmon.alerts.store import Store
 from vcmon.config import Config
 from vcmon.outbox import Backoff, Dispatcher, Route
 from vcmon.sinks.base import SinkError
-from vcmon.sinks.registry import build_sinks
+from vcmon.sinks.registry import build_sinks, grouping_of
 
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -42,12 +41,6 @@ def route(matchers: Matchers, labels_of: Callable[[str], Mapping[str, str]]) -> 
     return wanted
 
 
-def _grouping(config: BaseModel) -> GroupPolicy | None:
-    """A sink config's group policy; machine sinks (MQTT, Alertmanager) have none."""
-    grouping = getattr(config, "grouping", None)
-    return None if grouping is None else cast("GroupPolicy | None", grouping())
-
-
 class Delivery:
     """The dispatchers of one daemon and the metrics about them."""
 
@@ -63,7 +56,7 @@ class Delivery:
         configs: Sequence[BaseModel] = config.sinks
         sinks = build_sinks(configs, config.instance)
         match_of = {getattr(c, "name", ""): getattr(c, "match", Matchers()) for c in configs}
-        group_of = {getattr(c, "name", ""): _grouping(c) for c in configs}
+        group_of = {getattr(c, "name", ""): grouping_of(c) for c in configs}
         self.dispatchers = [
             Dispatcher(
                 sink,

@@ -9,12 +9,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from vcmon.alerts.grouping import Notification, group_labels
 from vcmon.alerts.model import rfc3339
 from vcmon.alerts.runtime import state_path
 from vcmon.alerts.store import Store
 from vcmon.config import Config
-from vcmon.sinks.base import SinkError
-from vcmon.sinks.registry import build_sinks
+from vcmon.sinks.base import GroupSink, SinkError
+from vcmon.sinks.registry import build_sinks, grouping_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +101,22 @@ def test_events(instance: str, now: float) -> list[dict[str, Any]]:
 async def send_test(config: Config, only: str | None = None) -> list[TestResult]:
     """Send the test events through each sink (or one) directly, not through the log."""
     results = []
+    groups = {getattr(c, "name", ""): grouping_of(c) for c in config.sinks}
     for sink in build_sinks(config.sinks, config.instance):
         if only is not None and sink.name != only:
             continue
+        policy = groups.get(sink.name)
         started = time.monotonic()
         try:
             await sink.start()
             for doc in test_events(config.instance, time.time()):
-                await sink.send(doc)
+                if policy is not None and isinstance(sink, GroupSink):
+                    # As people will see it: the firing and the resolve, each a group message.
+                    labels = group_labels(doc, policy.by)
+                    note = Notification(f"grp-{doc['id']}", labels, (doc,), (), (), time.time())
+                    await sink.send_group(note)
+                else:
+                    await sink.send(doc)
         except SinkError as exc:
             results.append(TestResult(sink.name, False, str(exc), time.monotonic() - started))
         else:

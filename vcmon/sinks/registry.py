@@ -6,10 +6,11 @@ The config schema (``sinks:``), the CLI's choices and the docs derive from ``SIN
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, cast
 
 from pydantic import BaseModel, Field
 
+from vcmon.alerts.grouping import GroupPolicy
 from vcmon.sinks.alertmanager import AlertmanagerConfig, AlertmanagerSink
 from vcmon.sinks.base import Sink
 from vcmon.sinks.console import ConsoleConfig, ConsoleSink
@@ -34,6 +35,12 @@ def _mqtt(config: MqttConfig, instance: str) -> Sink:
     from vcmon.sinks.mqtt import MqttSink  # the client library only when an MQTT sink exists
 
     return MqttSink(config, instance)
+
+
+def grouping_of(config: BaseModel) -> GroupPolicy | None:
+    """A sink config's group policy; machine sinks (MQTT, Alertmanager) have none."""
+    grouping = getattr(config, "grouping", None)
+    return None if grouping is None else cast("GroupPolicy | None", grouping())
 
 
 def build_sinks(configs: Sequence[Any], instance: str) -> list[Sink]:
