@@ -184,6 +184,27 @@ async def test_routes_skip_what_a_sink_does_not_want(store: Store) -> None:
     assert sink.delivered == ["e2", "e4"]
 
 
+async def test_a_stuck_sinks_backlog_shows_growing(store: Store) -> None:
+    store.advance("s", 0)
+    write(store, 1, 2)
+    sink = ScriptedSink("s", [Retry("http_503")] * 10_000)
+    d = Dispatcher(sink, store, backoff=Backoff(base=0.001, cap=0.002))
+    task = asyncio.create_task(d.run())
+    try:
+        await until(lambda: d.stats.pending == 2 and sink.attempts > 1)
+        write(store, 3)  # while the first event is still being retried
+        d.notify()
+        await until(lambda: d.stats.pending == 3)
+        sink.script.clear()
+        await until(lambda: store.cursor("s") == 3)
+        assert d.stats.pending == 0
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert sink.delivered == ["e1", "e2", "e3"]
+
+
 def test_backoff_grows_and_is_capped() -> None:
     b = Backoff(base=1.0, cap=8.0)
     rng = random.Random(3)

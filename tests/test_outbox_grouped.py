@@ -114,7 +114,8 @@ async def test_a_group_waits_then_goes_out_as_one(store: Store) -> None:
     async with Running(dispatcher(sink, store, clock)) as d:
         write(store, event(1), event(2), event(3, VAN_DON))
         await settled(d)
-        assert d.stats.pending == 3
+        assert d.stats.held == 3
+        assert d.stats.pending == 0  # held on purpose, not owed
         assert sink.notes == []
         assert store.cursor("g") == 0  # nothing sent: nothing done
         clock.now += 30
@@ -131,15 +132,15 @@ async def test_the_cursor_stays_before_the_oldest_unsent_event(store: Store) -> 
     async with Running(dispatcher(sink, store, clock)) as d:
         write(store, event(1))
         d.notify()
-        await until(lambda: d.stats.pending == 1)
+        await until(lambda: d.stats.held == 1)
         clock.now += 20
         write(store, event(2, VAN_DON, at=clock.now))
         d.notify()
-        await until(lambda: d.stats.pending == 2)
+        await until(lambda: d.stats.held == 2)
         clock.now += 10  # Cô Tô's wait is over, Vân Đồn's is not
         d.notify()
         await until(lambda: len(sink.notes) == 1)
-        await until(lambda: d.stats.pending == 1)
+        await until(lambda: d.stats.held == 1)
         assert store.cursor("g") == 1
         clock.now += 20
         d.notify()
@@ -153,7 +154,7 @@ async def test_stopped_before_the_send_the_restart_sends_it(store: Store) -> Non
     async with Running(dispatcher(first, store, clock)) as d:
         write(store, event(1), event(2))
         d.notify()
-        await until(lambda: d.stats.pending == 2)
+        await until(lambda: d.stats.held == 2)
     assert first.notes == []
     clock.now += 60
     second = GroupingSink("g")
@@ -170,7 +171,7 @@ async def test_notified_alerts_are_not_sent_again_after_a_restart_but_repeated(
     async with Running(dispatcher(first, store, clock)) as d:
         write(store, event(1))
         d.notify()
-        await until(lambda: d.stats.pending == 1)
+        await until(lambda: d.stats.held == 1)
         clock.now += 30
         d.notify()
         await until(lambda: store.cursor("g") == 1)
@@ -214,7 +215,7 @@ async def test_retried_until_acknowledged_then_latency_from_when_due(store: Stor
     async with Running(d):
         write(store, event(1))
         d.notify()
-        await until(lambda: d.stats.pending == 1)
+        await until(lambda: d.stats.held == 1)
         clock.now += 31  # one second past due
         d.notify()
         await until(lambda: store.cursor("g") == 1)
@@ -229,7 +230,7 @@ async def test_a_refused_notification_dead_letters_each_event(store: Store) -> N
     async with Running(dispatcher(sink, store, clock)) as d:
         write(store, event(1), event(2))
         d.notify()
-        await until(lambda: d.stats.pending == 2)
+        await until(lambda: d.stats.held == 2)
         clock.now += 30
         d.notify()
         await until(lambda: store.cursor("g") == 2)
@@ -245,7 +246,7 @@ async def test_a_resolve_in_the_same_group_follows_after_the_interval(store: Sto
     async with Running(dispatcher(sink, store, clock)) as d:
         write(store, event(1))
         d.notify()
-        await until(lambda: d.stats.pending == 1)
+        await until(lambda: d.stats.held == 1)
         clock.now += 30
         d.notify()
         await until(lambda: len(sink.notes) == 1)
@@ -254,7 +255,7 @@ async def test_a_resolve_in_the_same_group_follows_after_the_interval(store: Sto
             replace(event(1), id="e2", seq=2, status=Status.RESOLVED, ended_at=T0 + 30, at=T0 + 30),
         )
         d.notify()
-        await until(lambda: d.stats.pending == 1)
+        await until(lambda: d.stats.held == 1)
         clock.now += 299
         await settled(d)
         assert store.cursor("g") == 1
@@ -264,6 +265,27 @@ async def test_a_resolve_in_the_same_group_follows_after_the_interval(store: Sto
         await until(lambda: store.cursor("g") == 2)
     assert sink.seen() == [["e1"], ["e2"]]
     assert sink.notes[1].changes[0]["status"] == "resolved"
+
+
+async def test_what_a_stuck_sink_owes_shows_as_pending_and_grows(store: Store) -> None:
+    clock, sink = FakeClock(T0), GroupingSink("g", [Retry("http_503")] * 10_000)
+    d = Dispatcher(sink, store, backoff=Backoff(base=0.001, cap=0.002), clock=clock.time,
+                   group=POLICY)  # fmt: skip
+    async with Running(d):
+        write(store, event(1), event(2))
+        await settled(d)
+        assert (d.stats.pending, d.stats.held) == (0, 2)
+        clock.now += 30  # due: the receiver answers 503 from now on
+        d.notify()
+        await until(lambda: d.stats.pending == 2)
+        write(store, event(3, VAN_DON, at=clock.now))  # arrives while it is stuck
+        d.notify()
+        await until(lambda: d.stats.pending == 3)
+        sink.script.clear()  # the receiver is back
+        await until(lambda: store.cursor("g") == 2)
+        await settled(d)
+        assert (d.stats.pending, d.stats.held) == (0, 1)  # Vân Đồn's group waits on purpose
+    assert sink.seen() == [["e1", "e2"]]
 
 
 def test_a_sink_without_send_group_cannot_be_grouped(store: Store) -> None:
@@ -278,7 +300,7 @@ async def test_routes_apply_before_grouping(store: Store) -> None:
     async with Running(d):
         write(store, event(1), event(2, VAN_DON))
         d.notify()
-        await until(lambda: d.stats.pending == 1)
+        await until(lambda: d.stats.held == 1)
         clock.now += 30
         d.notify()
         await until(lambda: store.cursor("g") == 2)

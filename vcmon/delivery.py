@@ -143,7 +143,10 @@ class DeliveryCollector(Collector):
             "vcmon_dead_letters", "Events a sink refused for good", labels=("sink",)
         )
         pending = GaugeMetricFamily(
-            "vcmon_outbox_pending", "Events written but not yet acknowledged", labels=("sink",)
+            "vcmon_outbox_pending",
+            "Events written and owed to the sink now: not yet acknowledged, and not held back "
+            "on purpose by a group's wait or interval",
+            labels=("sink",),
         )
         connected = GaugeMetricFamily(
             "vcmon_sink_connected", "1 while the last send succeeded", labels=("sink",)

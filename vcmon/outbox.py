@@ -54,7 +54,8 @@ class SinkStats:
     sent: int = 0
     failed: dict[str, int] = field(default_factory=dict)  # by reason
     dead: int = 0
-    pending: int = 0
+    pending: int = 0  # owed now: not held back on purpose by a group's wait or interval
+    held: int = 0  # held back on purpose in groups (a grouped sink)
     connected: bool = False
     disabled: str | None = None
     failing_since: float | None = None  # wall time of the first failure of the current run
@@ -98,6 +99,10 @@ class Dispatcher:
         # written before notify() has been dealt with" can be waited on.
         self.idle = asyncio.Event()
         self._started = False
+        # Where delivery stands, for the pending count: done up to `_position` (one by one)
+        # or read up to it (grouped, with `_grouper` holding what waits).
+        self._position = 0
+        self._grouper: Grouper | None = None
 
     def notify(self) -> None:
         """New events were written; called from the loop thread after each commit."""
@@ -126,9 +131,9 @@ class Dispatcher:
             while True:
                 self._wake.clear()
                 # Re-read: `vcmon outbox retry` may have moved it back from another process.
-                cursor = saved = self.store.cursor(name) or 0
+                cursor = saved = self._position = self.store.cursor(name) or 0
                 batch = self.store.entries(cursor, BATCH)
-                self.stats.pending = max(0, self.store.last_seq() - cursor)
+                self._count_pending()
                 if not batch:
                     self.idle.set()
                     with contextlib.suppress(TimeoutError):
@@ -143,8 +148,8 @@ class Dispatcher:
                     if isinstance(outcome, Gone):
                         self._disable(outcome)
                         return
-                    cursor = int(doc["seq"])
-                    self.stats.pending = max(0, self.stats.pending - 1)
+                    cursor = self._position = int(doc["seq"])
+                    self._count_pending()
                     if isinstance(outcome, Reject):
                         self.store.advance(name, cursor, outcome.reason, self.clock())
                         saved = cursor
@@ -160,6 +165,7 @@ class Dispatcher:
 
     async def _grouped(self, grouper: Grouper) -> None:
         name = self.sink.name
+        self._grouper = grouper
         fed = saved = self.store.cursor(name) or 0
         now = self.clock()
         for doc in self.store.open_events():
@@ -178,7 +184,8 @@ class Dispatcher:
                     # The wait runs from the decision: one read after a restart or a long
                     # retry of another group is not held back again.
                     grouper.add(doc, int(doc["seq"]), min(now, decided))
-                fed = int(doc["seq"])
+                fed = self._position = int(doc["seq"])
+            self._count_pending()
             for note in grouper.due(now):
                 outcome = await self._deliver(self._group_sender(note), note.due_at)
                 if isinstance(outcome, Gone):
@@ -193,7 +200,7 @@ class Dispatcher:
             if done != saved:
                 self.store.advance(name, done)
             saved = done
-            self.stats.pending = max(0, self.store.last_seq() - done)
+            self._count_pending()
             if len(batch) == BATCH:
                 continue
             timeout = RECHECK
@@ -204,6 +211,15 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
+
+    def _count_pending(self) -> None:
+        """What the sink owes now: the log past its position, and, grouped, what waits in a
+        group that is due; what a group holds back on purpose is ``held``, not pending."""
+        owed = max(0, self.store.last_seq() - self._position)
+        if self._grouper is not None:
+            overdue, self.stats.held = self._grouper.waiting(self.clock())
+            owed += overdue
+        self.stats.pending = owed
 
     def _sender(self, doc: Mapping[str, Any]) -> Callable[[], Awaitable[None]]:
         return lambda: self.sink.send(doc)
@@ -230,6 +246,7 @@ class Dispatcher:
                 await send()
             except Retry as exc:
                 self._failed(exc, attempt)
+                self._count_pending()  # a stuck sink's backlog shows while it grows
                 delay = self.backoff.delay(attempt, self.rng)
                 if exc.after is not None:
                     delay = max(delay, exc.after)

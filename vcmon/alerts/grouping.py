@@ -200,6 +200,17 @@ class Grouper:
         times = [t for g in self._groups.values() if (t := g.due_at(self.policy)) is not None]
         return min(times, default=None)
 
+    def waiting(self, now: float) -> tuple[int, int]:
+        """Log entries in groups: (due by ``now`` but not sent, held back on purpose)."""
+        overdue = held = 0
+        for group in self._groups.values():
+            at = group.due_at(self.policy)
+            if group.seqs and at is not None and at <= now:
+                overdue += len(group.seqs)
+            else:
+                held += len(group.seqs)
+        return overdue, held
+
     def low_water(self) -> int | None:
         """The oldest log entry not yet carried by a sent notification."""
         return min((min(g.seqs) for g in self._groups.values() if g.seqs), default=None)
