@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
@@ -36,6 +37,8 @@ class Request:
     headers: Mapping[str, str]  # lower-case names
     body: bytes = b""
     params: Mapping[str, str] = field(default_factory=dict)  # from {name} segments of the route
+    client: str = ""  # the peer's address, for rate limits and logs
+    tls_peer: str | None = None  # the verified client certificate's subject CN, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,20 @@ Handler = Callable[[Request], Awaitable[Response]]
 def text(status: int, body: str) -> Response:
     """A plain-text response."""
     return Response(status, body.encode())
+
+
+def _peer(writer: asyncio.StreamWriter) -> tuple[str, str | None]:
+    """The peer's host, and the CN of its verified client certificate over TLS."""
+    peername = writer.get_extra_info("peername")
+    client = str(peername[0]) if isinstance(peername, tuple) and peername else ""
+    cert = writer.get_extra_info("peercert")
+    cn = None
+    if isinstance(cert, dict):
+        for rdn in cert.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    cn = str(value)
+    return client, cn
 
 
 class _BadRequest(Exception):
@@ -83,9 +100,11 @@ class HttpServer:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self, host: str, port: int) -> None:
-        """Listen on host:port; raises OSError when the address is taken."""
-        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
+    async def start(self, host: str, port: int, ssl: SSLContext | None = None) -> None:
+        """Listen on host:port (TLS with ``ssl``); raises OSError when the address is taken."""
+        self._server = await asyncio.start_server(
+            self._serve, host, port, reuse_address=True, ssl=ssl
+        )
 
     @property
     def port(self) -> int:
@@ -105,11 +124,12 @@ class HttpServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        client, tls_peer = _peer(writer)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
         try:
             while True:
                 try:
-                    request = await self._read_request(conn, reader)
+                    request = await self._read_request(conn, reader, client, tls_peer)
                 except _BadRequest as exc:
                     if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                         await self._send(conn, writer, text(400, f"bad request: {exc}\n"), False)
@@ -130,7 +150,7 @@ class HttpServer:
                 await writer.wait_closed()
 
     async def _read_request(
-        self, conn: h11.Connection, reader: asyncio.StreamReader
+        self, conn: h11.Connection, reader: asyncio.StreamReader, client: str, tls_peer: str | None
     ) -> Request | None:
         head: h11.Request | None = None
         body = bytearray()
@@ -157,7 +177,7 @@ class HttpServer:
                 target = urlsplit(head.target.decode("ascii", "replace"))
                 headers = {k.decode().lower(): v.decode("latin-1") for k, v in head.headers}
                 return Request(head.method.decode(), target.path, parse_qs(target.query),
-                               headers, bytes(body))  # fmt: skip
+                               headers, bytes(body), client=client, tls_peer=tls_peer)  # fmt: skip
             elif isinstance(ev, h11.ConnectionClosed):
                 return None
 
