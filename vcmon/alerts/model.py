@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from vcmon.alerts.patterns import full_match
 from vcmon.alerts.policy import Matchers
 
 
@@ -164,7 +164,7 @@ def _matches(pattern: str | None, value: str) -> bool:
     if pattern is None:
         return True
     if pattern.startswith("~"):
-        return re.fullmatch(pattern[1:], value) is not None
+        return full_match(pattern[1:], value)
     return pattern == value
 
 

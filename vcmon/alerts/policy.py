@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from vcmon.alerts.patterns import compile_pattern
 from vcmon.fields import NonNegative, NonNegativeSeconds, not_bool
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -239,10 +240,7 @@ class Matchers(_Frozen):
         for value in (self.endpoint, self.district, self.level, self.kind, self.severity,
                       *self.labels.values()):  # fmt: skip
             if value is not None and value.startswith("~"):
-                try:
-                    re.compile(value[1:])
-                except re.error as exc:
-                    raise ValueError(f"bad regular expression {value[1:]!r}: {exc}") from None
+                compile_pattern(value[1:])  # a PatternError is a ValueError: pydantic names it
         return self
 
     def empty(self) -> bool:
