@@ -377,3 +377,42 @@ def test_truncated_errors_never_raise(original: bytes, cut: int) -> None:
             else:
                 parse_icmp4(packet)
                 parse_ipv4_packet(_ip4(packet))
+
+
+def _valid_packets() -> list[bytes]:
+    """Well-formed replies and errors as each socket kind delivers them, to mutate."""
+    reply4 = build_echo_reply(0x1234, 7, b"vcmon-payload")
+    reply6 = build_echo_reply(0x1234, 7, b"vcmon-payload", v6=True)
+    inner = _ip4(build_echo_request(0x1234, 7, b"vcmon-payload"))
+    return [
+        _ip4(reply4),
+        reply4,
+        reply6,
+        _ip4(build_error(3, 1, inner)),
+        build_error(11, 0, inner),
+        build_error(1, 4, build_echo_request(0x1234, 7, b"x", v6=True), v6=True),
+    ]
+
+
+@given(
+    st.sampled_from(_valid_packets()),
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=8),
+    st.integers(0, 200),
+)
+def test_mutated_packets_never_raise(packet: bytes, flips: list[tuple[int, int]], cut: int) -> None:
+    """Valid packets with bytes changed and tails cut reach the parsers' deeper branches
+    (lengths, inner headers, checksums) that random bytes rarely do."""
+    data = bytearray(packet)
+    for at, value in flips:
+        if data:
+            data[at % len(data)] = value
+    mutated = bytes(data[: max(cut, 1)])
+    for parsed in (
+        parse_ipv4_packet(mutated),
+        parse_ipv4_packet(mutated, verify=False),
+        parse_icmp4(mutated),
+        parse_icmp6(mutated),
+        parse_echo_request(mutated, v6=False),
+        parse_echo_request(mutated, v6=True),
+    ):
+        assert parsed is None or isinstance(parsed, EchoReply | ErrorReport | Other | tuple)
