@@ -38,6 +38,7 @@ from vcmon.alerts.store import (
     SCHEMA_VERSION,
     Store,
     StoreError,
+    StoreUnavailable,
     alert_from_json,
     alert_to_json,
     health_from_json,
@@ -397,10 +398,18 @@ def test_epoch_is_kept_and_differs_between_files(tmp_path: Path) -> None:
         assert again.epoch == first
 
 
-def test_an_empty_file_becomes_a_store(tmp_path: Path) -> None:
+def test_an_empty_file_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
     path = tmp_path / "empty.db"
-    path.touch()  # e.g. made by a provisioning tool
-    with Store.open(path) as store:
+    path.touch()  # truncated, or made by a provisioning tool: never silently a new state
+    with pytest.raises(StoreError, match=rf"{re.escape(str(path))} is empty \(0 bytes\)") as e:
+        Store.open(path)
+    assert not isinstance(e.value, StoreUnavailable)  # refused, not retried
+    assert path.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+
+
+def test_a_missing_file_is_created_with_an_empty_state(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "new" / "s.db") as store:
         assert store.load(0.0) == Snapshot(epoch=store.epoch, seq=0)
 
 

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
+import os
 import secrets
 import sqlite3
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -114,6 +117,28 @@ ON CONFLICT (id) DO UPDATE SET ends_at = excluded.ends_at, body = excluded.body
 
 class StoreError(Exception):
     """The state file cannot be used; the message names it and says why."""
+
+
+class StoreUnavailable(StoreError):
+    """The state file cannot be opened now for a reason outside it (permissions, a full or
+    read-only file system): the daemon keeps probing and tries again."""
+
+
+class UnwritableValue(StoreError):
+    """A value of a decision cannot be stored (text that is not valid Unicode, a number out
+    of SQLite's range); nothing was written."""
+
+
+# SQLite's primary result codes that say the environment, not the file, is at fault.
+_SQLITE_ENVIRONMENT: Final = {
+    3: "permission denied",  # SQLITE_PERM
+    5: "the file is locked by another process",  # SQLITE_BUSY
+    8: "the file or its directory is read-only",  # SQLITE_READONLY
+    10: "an I/O error",  # SQLITE_IOERR
+    13: "the disk is full",  # SQLITE_FULL
+    14: "permission denied or no such directory",  # SQLITE_CANTOPEN
+}
+_OS_PERMISSION: Final = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 # -- values to JSON and back -------------------------------------------------------------------
@@ -315,42 +340,173 @@ def _prepare(db: sqlite3.Connection, path: Path) -> str:
         return str(row[0])
 
 
+# -- opening -----------------------------------------------------------------------------------
+
+
+def _connect(path: Path) -> tuple[sqlite3.Connection, str]:
+    """Open or create the state file; what is created (directory, file, WAL and shared-memory
+    files) is private to the user vcmon runs as, whatever the umask."""
+    # Process-wide, but the daemon opens its store on the loop thread before anything else
+    # creates files, and SQLite gives the WAL and -shm files the database file's mode.
+    old = os.umask(0o077)
+    try:
+        return _connect_private(path)
+    finally:
+        os.umask(old)
+
+
+def _connect_private(path: Path) -> tuple[sqlite3.Connection, str]:
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _os_failure(path, exc, path.parent) from None
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        new = True
+    except OSError as exc:
+        raise _os_failure(path, exc, path) from None
+    else:
+        new = False
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreError(f"cannot open the state file {path}: it is not a regular file")
+        if st.st_size == 0:
+            # SQLite would take it for an empty database and every alert would fire again
+            # under a new id: a state file does not become empty on its own.
+            raise StoreError(
+                f"the state file {path} is empty (0 bytes); it may have been truncated; "
+                "move it away to start afresh or restore a backup"
+            )
+    try:
+        db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    except sqlite3.Error as exc:
+        raise _sqlite_failure(path, exc, new) from None
+    try:
+        epoch = _prepare(db, path)
+    except sqlite3.Error as exc:
+        db.close()
+        if new:
+            _remove_if_empty(path)  # a 0-byte leftover would be refused at the next start
+        raise _sqlite_failure(path, exc, new) from None
+    except BaseException:
+        db.close()
+        raise
+    if new:
+        with contextlib.suppress(OSError):
+            path.chmod(0o600)
+    return db, epoch
+
+
+def _remove_if_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_size != 0:
+            return  # something was written after all: not ours to remove
+        for leftover in (path, *(Path(f"{path}{x}") for x in ("-wal", "-shm", "-journal"))):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def _advice(path: Path, new: bool, why: str) -> str:
+    doing = "create" if new else "write"
+    where = path.parent if new else f"{path} and {path.parent}"
+    return (
+        f"cannot {doing} the state file {path}: {why}; give the user vcmon runs as "
+        f"(uid {os.geteuid()}) write access to {where} or set alerts.state_file"
+    )
+
+
+def _os_failure(path: Path, exc: OSError, at: Path) -> StoreError:
+    if exc.errno in _OS_PERMISSION:
+        return StoreUnavailable(_advice(path, True, f"{(exc.strerror or str(exc)).lower()} ({at})"))
+    if exc.errno == errno.ENOSPC:
+        return StoreUnavailable(f"cannot create the state file {path}: the disk is full")
+    return StoreError(f"cannot open the state file {path}: {exc.strerror} ({at})")
+
+
+def _sqlite_failure(path: Path, exc: sqlite3.Error, new: bool) -> StoreError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    why = _SQLITE_ENVIRONMENT.get(code & 0xFF) if isinstance(code, int) else None
+    if why is None:
+        return StoreError(
+            f"the state file {path} is not a usable vcmon database ({exc}); "
+            "move it away to start with an empty state"
+        )
+    if code is not None and code & 0xFF in (13, 10, 5):  # full, I/O, busy: not permissions
+        return StoreUnavailable(f"cannot open the state file {path}: {why} ({exc})")
+    return StoreUnavailable(_advice(path, new, _diagnose(path, new) or why))
+
+
+def _diagnose(path: Path, new: bool) -> str | None:
+    """Why SQLite could not open or write ``path``, in the words of the file system."""
+    with contextlib.suppress(OSError):
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return "the file system is read-only"
+    # SQLite needs to create the -wal and -shm files next to the database.
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"permission denied (directory {path.parent})"
+    if not new and not os.access(path, os.R_OK | os.W_OK):
+        return "permission denied (the file)"
+    return None
+
+
 # -- the store ---------------------------------------------------------------------------------
 
 
 class Store:
-    """One SQLite database; every method runs on the thread that opened it."""
+    """One SQLite database; every method runs on the thread that opened it.
 
-    def __init__(self, path: Path, db: sqlite3.Connection, epoch: str) -> None:
+    A store that could not be opened (``Store.unopened``) raises StoreUnavailable from every
+    call until ``reopen`` succeeds, so whoever holds it keeps the same object throughout.
+    """
+
+    def __init__(self, path: Path, db: sqlite3.Connection | None = None, epoch: str = "") -> None:
         self.path = path
         self.epoch = epoch
-        self._db = db
+        self._conn = db
+        self._why = f"the state file {path} is not open"
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
-        """Open ``path``, creating it (and its directory) with the schema when missing."""
-        path = Path(path)
+        """Open ``path``, creating it (and its directory) with the schema when missing.
+
+        StoreUnavailable when the environment is at fault (permissions, a full or read-only
+        disk), StoreError when the file itself is not a usable vcmon database."""
+        store = cls(Path(path))
+        store.reopen()
+        return store
+
+    @classmethod
+    def unopened(cls, path: str | Path, why: StoreError) -> Store:
+        """A store not open yet, because of ``why``; ``reopen`` tries again."""
+        store = cls(Path(path))
+        store._why = str(why)
+        return store
+
+    @property
+    def is_open(self) -> bool:
+        """True once a connection is open (it may still fail to write)."""
+        return self._conn is not None
+
+    def reopen(self) -> None:
+        """Open the file if this store is not open yet; raises as ``open`` does."""
+        if self._conn is not None:
+            return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the state file {path}: {exc}") from None
-        try:
-            epoch = _prepare(db, path)
-        except sqlite3.Error as exc:
-            db.close()
-            raise StoreError(
-                f"the state file {path} is not a usable vcmon database ({exc}); "
-                "move it away to start with an empty state"
-            ) from None
-        except BaseException:
-            db.close()
+            self._conn, self.epoch = _connect(self.path)
+        except StoreError as exc:
+            self._why = str(exc)
             raise
-        return cls(path, db, epoch)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable(self._why)
+        return self._conn
 
     def close(self) -> None:
         """Close the database (a second close does nothing)."""
-        self._db.close()
+        if self._conn is not None:
+            self._conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -388,25 +544,46 @@ class Store:
 
     def apply(self, changes: Changes) -> None:
         """Write one decision in one transaction: all of it, or on any error none of it."""
-        if changes.empty():
+        self.apply_all((changes,))
+
+    def apply_all(self, decisions: Iterable[Changes]) -> None:
+        """Write several decisions, in order, in one transaction: the same as applying each
+        in turn, with one fsync; on any error none of them is written."""
+        try:
+            batch = [(c, _Rows.of(c)) for c in decisions if not c.empty()]
+        except (ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
+            raise self._unwritable(exc) from None
+        if not batch:
             return
-        rows = _Rows.of(changes)
         db = self._db
-        with self._failing("write"), _transaction(db):
-            db.executemany(_UPSERT_HEALTH, rows.health)
-            db.executemany(_UPSERT_ALERT, rows.alerts)
-            db.executemany(_CLOSE_ALERT, rows.closed)
-            if rows.events:
-                last = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
-                for event in changes.events:
-                    if event.seq <= last:
-                        raise StoreError(
-                            f"event seq {event.seq} is not after seq {last} already in the "
-                            f"state file {self.path}; is another vcmon writing to it?"
-                        )
-                    last = event.seq
-                db.executemany(_INSERT_EVENT, rows.events)
-            db.executemany(_UPSERT_SILENCE, rows.silences)
+        try:
+            with self._failing("write"), _transaction(db):
+                for changes, rows in batch:
+                    self._write(db, changes, rows)
+        except (ValueError, OverflowError) as exc:  # a lone surrogate, an integer > 64 bits
+            raise self._unwritable(exc) from None
+
+    def _unwritable(self, exc: Exception) -> UnwritableValue:
+        return UnwritableValue(
+            f"cannot write to the state file {self.path}: a value cannot be stored "
+            f"({type(exc).__name__}: {exc}); nothing was written"
+        )
+
+    def _write(self, db: sqlite3.Connection, changes: Changes, rows: _Rows) -> None:
+        db.executemany(_UPSERT_HEALTH, rows.health)
+        db.executemany(_UPSERT_ALERT, rows.alerts)
+        db.executemany(_CLOSE_ALERT, rows.closed)
+        if rows.events:
+            last = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+            for event in changes.events:
+                if event.seq <= last:
+                    raise StoreError(
+                        f"event seq {event.seq} is not after seq {last} already in the "
+                        f"state file {self.path}; is another vcmon writing to it?"
+                    )
+                last = event.seq
+            db.executemany(_INSERT_EVENT, rows.events)
+        db.executemany(_UPSERT_SILENCE, rows.silences)
 
     def events(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """Events with seq > ``after_seq``, in seq order, in the contract's JSON form."""
