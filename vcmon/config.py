@@ -408,6 +408,8 @@ class _Settings(_Frozen):
     resolve_interval: Seconds = 300.0
     alerts: Annotated[AlertsConfig, BeforeValidator(_none_as_empty_mapping)] = AlertsConfig()
     sinks: Annotated[tuple[SinkConfig, ...], AfterValidator(_unique_sink_names)] = ()
+    # Exporter-toolkit web config (TLS, users, tokens); relative to the config file (webauth.py).
+    web_config_file: str | None = None
 
 
 class _ConfigFile(_Settings):
