@@ -306,7 +306,10 @@ def test_every_bad_config_has_a_case() -> None:
 
 @pytest.mark.parametrize(
     ("name", "reason"),
-    [("nope.yaml", "file not found"), (".", "is a directory, expected a YAML file")],
+    [
+        ("nope.yaml", "file not found"),
+        (".", "is a directory, not a regular file (expected a YAML file)"),
+    ],
 )
 def test_unreadable_main_file(tmp_path: Path, name: str, reason: str) -> None:
     path = tmp_path / name

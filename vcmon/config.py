@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import difflib
 import enum
+import errno
 import ipaddress
 import math
 import os
 import re
 import socket
+import stat
 import unicodedata
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +43,12 @@ from vcmon.text import slugify
 Loc: TypeAlias = tuple[str | int, ...]
 
 MAX_PROBLEMS: Final = 20
+# Limits that keep a hostile or broken file from exhausting the daemon (see README, limits).
+MAX_FILE_BYTES: Final = 16 * 1024 * 1024  # each file read: config, include, CSV, secret file
+MAX_DEPTH: Final = 64  # nested mappings and lists, aliases included
+MAX_NODES: Final = 1_000_000  # values in one file, aliases expanded
+ALIAS_RATIO: Final = 10  # aliases may expand a file to this many times the values written…
+ALIAS_FLOOR: Final = 10_000  # …plus this many
 TIMING_KEYS: Final = ("interval", "count", "spacing", "timeout")
 # Labels vcmon puts on series itself; a free label of the same name would be ambiguous.
 RESERVED_LABELS: Final = frozenset(
@@ -527,19 +535,150 @@ def _pos(mark: yaml.Mark) -> tuple[int, int]:
 _Loader: TypeAlias = yaml.SafeLoader | yaml.CSafeLoader
 
 
-class _Builder:
-    """Turns a composed YAML node tree into plain data, recording positions as it goes."""
+class _TooComplex(Exception):
+    """A file beyond the limits on nesting or size; refused before it is built."""
 
-    def __init__(self, loader: _Loader, source: _Source, env: Mapping[str, str]) -> None:
+    def __init__(self, message: str, mark: Any) -> None:  # a yaml.Mark from either parser
+        super().__init__(message)
+        self.mark = mark
+
+
+_MERGE_TAG: Final = "tag:yaml.org,2002:merge"
+_NO_KEY: Final = object()
+
+
+def _too_deep(mark: Any) -> _TooComplex:
+    return _TooComplex(
+        f"nested more than {MAX_DEPTH} levels deep (expected at most {MAX_DEPTH} levels of "
+        "mappings and lists)",
+        mark,
+    )
+
+
+def _compose(loader: Any) -> tuple[yaml.Node | None, int]:
+    """The single document of ``loader``'s stream as a node tree, and how many nodes it has.
+
+    PyYAML's own composer recurses once per level, so a deeply nested file exhausts the stack;
+    this one keeps its own stack and refuses more than MAX_DEPTH levels as it reads.
+    """
+    loader.get_event()  # stream start
+    if loader.check_event(yaml.StreamEndEvent):
+        loader.get_event()
+        return None, 0
+    loader.get_event()  # document start
+    anchors: dict[str, yaml.Node] = {}
+    stack: list[list[Any]] = []  # [collection node, pending mapping key]
+    count = 0
+    while True:
+        event: Any = loader.get_event()
+        kind = type(event)  # compared as a type: the stubs' marks do not fit either parser's
+        done: yaml.Node | None = None
+        if issubclass(kind, yaml.CollectionEndEvent):
+            done = stack.pop()[0]
+            done.end_mark = event.end_mark
+        elif issubclass(kind, yaml.AliasEvent):
+            if event.anchor not in anchors:
+                raise yaml.composer.ComposerError(
+                    None, None, f"found undefined alias {event.anchor!r}", event.start_mark
+                )
+            done = anchors[event.anchor]
+        else:
+            count += 1
+            if count > MAX_NODES:
+                raise _TooComplex(
+                    f"holds more than {MAX_NODES:,} values (expected at most that many)",
+                    event.start_mark,
+                )
+            node = _node_of(loader, event)
+            if event.anchor is not None:
+                if event.anchor in anchors:
+                    raise yaml.composer.ComposerError(
+                        f"found duplicate anchor {event.anchor!r}; first occurrence",
+                        anchors[event.anchor].start_mark,
+                        "second occurrence",
+                        event.start_mark,
+                    )
+                anchors[event.anchor] = node
+            if isinstance(node, yaml.ScalarNode):
+                done = node
+            else:
+                stack.append([node, _NO_KEY])
+                if len(stack) > MAX_DEPTH:
+                    raise _too_deep(event.start_mark)
+        if done is None:
+            continue
+        if not stack:
+            break
+        top = stack[-1]
+        if isinstance(top[0], yaml.SequenceNode):
+            top[0].value.append(done)
+        elif top[1] is _NO_KEY:
+            top[1] = done
+        else:
+            top[0].value.append((top[1], done))
+            top[1] = _NO_KEY
+    loader.get_event()  # document end
+    if not loader.check_event(yaml.StreamEndEvent):
+        extra = loader.get_event()
+        raise yaml.composer.ComposerError(
+            "expected a single document in the stream",
+            done.start_mark,
+            "but found another document",
+            extra.start_mark,
+        )
+    loader.get_event()
+    return done, count
+
+
+def _node_of(loader: Any, event: Any) -> yaml.Node:
+    """A node for ``event`` with its tag resolved (children are added as they come)."""
+    tag: Any = event.tag
+    explicit = tag is not None and tag != "!"
+    kind = type(event)
+    if issubclass(kind, yaml.ScalarEvent):
+        tag = tag if explicit else loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        return yaml.ScalarNode(
+            tag, event.value, event.start_mark, event.end_mark, style=event.style
+        )
+    if issubclass(kind, yaml.SequenceStartEvent):
+        tag = tag if explicit else loader.resolve(yaml.SequenceNode, None, event.implicit)
+        return yaml.SequenceNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
+    tag = tag if explicit else loader.resolve(yaml.MappingNode, None, event.implicit)
+    return yaml.MappingNode(tag, [], event.start_mark, None, flow_style=event.flow_style)
+
+
+class _Builder:
+    """Turns a composed YAML node tree into plain data, recording positions as it goes.
+
+    Aliases are expanded here, so this is where their expansion is bounded: at most
+    ALIAS_RATIO times the nodes written (plus ALIAS_FLOOR), never more than MAX_NODES, and
+    nested at most MAX_DEPTH deep counting what the aliases bring in.
+    """
+
+    def __init__(
+        self, loader: _Loader, source: _Source, env: Mapping[str, str], written: int
+    ) -> None:
         self.loader, self.source, self.env = loader, source, env
         self.problems: list[Problem] = []
         self._stack: set[int] = set()
+        self._budget = min(MAX_NODES, written * ALIAS_RATIO + ALIAS_FLOOR)
+        self._built = 0
+        self._expanded_text = 0  # characters ${VAR} substitution added
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
         self.source.values[loc] = _pos(node.start_mark)
         if id(node) in self._stack:
             self.problems.append(self.source.problem(loc, "an alias refers to itself"))
             return None
+        self._built += 1
+        if self._built > self._budget:
+            raise _TooComplex(
+                f"aliases expand this file to more than {self._budget:,} values (expected at "
+                f"most {ALIAS_RATIO} times the values written; is it an alias bomb?)",
+                node.start_mark,
+            )
+        if len(self._stack) >= MAX_DEPTH and not isinstance(node, yaml.ScalarNode):
+            raise _too_deep(node.start_mark)
         self._stack.add(id(node))
         try:
             if isinstance(node, yaml.MappingNode):
@@ -551,19 +690,41 @@ class _Builder:
         finally:
             self._stack.discard(id(node))
 
-    def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
-        own = {id(k) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"}
-        self.loader.flatten_mapping(node)  # resolves '<<: *anchor' merge keys
+    def _merged(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
+        """What the '<<' keys of ``node`` bring in; the first mapping listed wins a conflict."""
         out: dict[str, Any] = {}
+        here = self.source.values[loc]
+        for knode, vnode in node.value:
+            if knode.tag != _MERGE_TAG:
+                continue
+            merged = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
+            for sub in reversed(merged):
+                if not isinstance(sub, yaml.MappingNode):
+                    self.problems.append(
+                        self.source.problem(
+                            loc, "'<<' takes a mapping or a list of mappings (e.g. <<: *room)"
+                        )
+                    )
+                    continue
+                value = self.build(sub, loc)
+                if isinstance(value, dict):
+                    out.update(value)
+        self.source.values[loc] = here  # building the merged mappings moved it to the anchor
+        return out
+
+    def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
+        out = self._merged(node, loc)
         written: set[str] = set()  # keys written in this mapping itself, not merged in
         for knode, vnode in node.value:
+            if knode.tag == _MERGE_TAG:
+                continue
             if not isinstance(knode, yaml.ScalarNode):
                 self.problems.append(self.source.problem(loc, "a key must be plain text"))
                 continue
             # The key as written: YAML 1.1 would read keys like 'on' or 'no' as booleans.
             key = str(knode.value)
             here = (*loc, key)
-            if key in written and id(knode) in own:
+            if key in written:
                 first = self.source.keys[here][0]
                 self.problems.append(
                     Problem(
@@ -574,21 +735,38 @@ class _Builder:
                     )
                 )
                 continue
-            if id(knode) in own:
-                written.add(key)
+            written.add(key)
             self.source.keys[here] = _pos(knode.start_mark)
             out[key] = self.build(vnode, here)
         return out
 
     def _scalar(self, node: yaml.ScalarNode, loc: Loc) -> Any:
         self.source.text[loc] = str(node.value)
-        value = self.loader.construct_object(node)
+        try:
+            value = self.loader.construct_object(node)
+        except (ValueError, OverflowError):  # 2023-02-30, an integer of 5,000 digits
+            kind = node.tag.rsplit(":", 1)[-1]
+            self.problems.append(
+                self.source.problem(
+                    loc, f"cannot be read as {kind} (write it in quotes if it is meant as text)"
+                )
+            )
+            self.source.reported.add(loc)
+            return None
         if isinstance(value, str) and "$" in value:
             try:
                 value = substitute_env(value, self.env)
             except ValueError as exc:
                 self.problems.append(self.source.problem(loc, str(exc)))
                 self.source.reported.add(loc)
+            else:
+                self._expanded_text += len(value)
+                if self._expanded_text > MAX_FILE_BYTES:
+                    raise _TooComplex(
+                        "environment variables expand this file beyond the "
+                        f"{MAX_FILE_BYTES // (1024 * 1024)} MiB limit",
+                        node.start_mark,
+                    )
         return value
 
 
@@ -608,12 +786,95 @@ def decode_text(raw: bytes, name: str) -> tuple[str | None, Problem | None]:
         return None, problem
 
 
-def _os_reason(exc: OSError) -> str:
-    if isinstance(exc, FileNotFoundError):
+class Unreadable(Exception):
+    """A file that could not be read at all; the argument says why in plain words."""
+
+
+_FILE_KINDS: Final = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _os_reason(exc: OSError, expected: str) -> str:
+    if exc.errno == errno.ENOENT:
         return "file not found"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory, expected a YAML file"
+    if exc.errno == errno.ELOOP:
+        return f"is a symbolic link loop (too many levels of symbolic links), expected {expected}"
+    if exc.errno == errno.EISDIR:
+        return f"is a directory, not a regular file (expected {expected})"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied (expected {expected} vcmon may read)"
+    if exc.errno == errno.ENOTDIR:
+        return "file not found (a part of the path is not a directory)"
     return f"cannot read: {exc.strerror or exc}"
+
+
+def _not_regular(mode: int, expected: str) -> str | None:
+    """Why a file of ``mode`` is refused, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    what = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return f"is {what}, not a regular file (expected {expected})"
+
+
+def _too_big(size: int, limit: int, expected: str) -> str:
+    return (
+        f"is larger than the {limit // (1024 * 1024)} MiB limit "
+        f"({size // (1024 * 1024)} MiB or more; expected {expected} of at most that)"
+    )
+
+
+def check_regular_file(path: str | Path, expected: str, limit: int = MAX_FILE_BYTES) -> str | None:
+    """Why ``path`` cannot be read as a file, judged without opening it; None when it may be."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return _os_reason(exc, expected)
+    except ValueError:  # a NUL byte in the name
+        return f"is not a usable file name (expected {expected})"
+    reason = _not_regular(st.st_mode, expected)
+    if reason is None and st.st_size > limit:
+        reason = _too_big(st.st_size, limit, expected)
+    return reason
+
+
+def read_file(path: str | Path, expected: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them; Unreadable saying why
+    not (missing, a FIFO or device, a symlink loop, no permission, too large)."""
+    reason = check_regular_file(path, expected, limit)
+    if reason is not None:
+        raise Unreadable(reason)
+    # Non-blocking, so a file swapped for a FIFO since the stat cannot hang the open; the fstat
+    # then judges the file actually opened.
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise Unreadable(_os_reason(exc, expected)) from None
+    try:
+        st = os.fstat(fd)
+        reason = _not_regular(st.st_mode, expected)
+        if reason is not None:
+            raise Unreadable(reason)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:  # one byte more than the limit tells a file that grew
+            chunk = os.read(fd, min(1024 * 1024, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise Unreadable(_too_big(size, limit, expected))
+        return b"".join(chunks)
+    except OSError as exc:
+        raise Unreadable(_os_reason(exc, expected)) from None
+    finally:
+        os.close(fd)
 
 
 # libyaml composes a large inventory some 20 times faster; the pure-Python parser words its
@@ -625,6 +886,14 @@ _LOADERS: Final[tuple[type[_Loader], ...]] = (
 
 def _parse(text: str, source: _Source, env: Mapping[str, str]) -> list[Problem]:
     """Fill ``source`` from YAML ``text``; the problems found on the way."""
+    try:
+        return _parse_with_fallback(text, source, env)
+    except _TooComplex as exc:
+        pos = _pos(exc.mark) if exc.mark is not None else (None, None)
+        return [Problem(source.name, "", str(exc), *pos)]
+
+
+def _parse_with_fallback(text: str, source: _Source, env: Mapping[str, str]) -> list[Problem]:
     for loader_class in _LOADERS[:-1]:
         try:
             return _build(loader_class, text, source, env)
@@ -658,11 +927,11 @@ def _build(
 ) -> list[Problem]:
     loader = loader_class(text)
     try:
-        node = loader.get_single_node()
+        node, written = _compose(loader)
         if node is None:
             source.data = None
             return []
-        builder = _Builder(loader, source, env)
+        builder = _Builder(loader, source, env, written)
         source.data = builder.build(node, ())
         return builder.problems
     finally:
@@ -897,18 +1166,11 @@ class _Entry:
         return ("endpoints", self.index)
 
 
-class _Unreadable(Exception):
-    """The file could not be read at all; the argument says why in plain words."""
-
-
 def _load_source(
     path: Path, name: str, env: Mapping[str, str], problems: list[Problem]
 ) -> _Source | None:
     """The parsed file, or None after adding why it cannot be parsed to ``problems``."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise _Unreadable(_os_reason(exc)) from None
+    raw = read_file(path, "a YAML file")
     text, problem = decode_text(raw, name)
     if text is None:
         problems.append(problem or Problem(name, "", "not UTF-8 text"))
@@ -1010,7 +1272,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     problems: list[Problem] = []
     try:
         main = _load_source(path, str(path), env, problems)
-    except _Unreadable as exc:
+    except Unreadable as exc:
         raise ConfigError([Problem(str(path), "", str(exc))]) from None
     if main is None:
         raise ConfigError(problems)
@@ -1043,8 +1305,10 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         files.append(str(inc_path))
         try:
             inc = _load_source(inc_path, str(inc_path), env, problems)
-        except _Unreadable as exc:
-            problems.append(main.problem(loc, f"{exc}: {inc_path}"))
+        except Unreadable as exc:
+            reason = str(exc)
+            said = f"{inc_path} {reason}" if reason.startswith("is ") else f"{reason}: {inc_path}"
+            problems.append(main.problem(loc, said))
             continue
         if inc is None:
             continue
