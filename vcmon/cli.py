@@ -82,6 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         netns_errors = (LabError,)
     try:
         asyncio.run(run_daemon(config, icmp_netns=args.netns))
+    except ConfigError as exc:  # the web config (TLS files, users), read when serving starts
+        err.print(str(exc), markup=False)
+        return EXIT_USAGE
     except (IcmpUnavailable, StoreError) as exc:
         err.print(f"vcmon: {exc}", markup=False)
         return EXIT_FAILURE
@@ -99,9 +102,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from vcmon import webauth
     from vcmon.probes.icmp import IcmpUnavailable, detect_mode
 
     config = _load(args.config)
+    try:
+        web = webauth.load_for(config)
+        if web is not None and web.tls is not None:
+            web.tls.context()  # the certificate, key and CA files are usable
+    except ConfigError as exc:
+        err.print(str(exc), markup=False)
+        return EXIT_USAGE
     eps = config.endpoints
     table = Table(title=f"{config.source}: {len(eps)} endpoints", title_justify="left")
     table.add_column("district")
@@ -123,7 +134,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         out.print(f"ICMP socket: {mode}")
     except IcmpUnavailable as exc:
         out.print(f"ICMP socket: unavailable — {exc}", markup=False)
-    out.print(f"listen: http://{config.listen}/metrics")
+    scheme = "https" if web is not None and web.tls is not None else "http"
+    out.print(f"listen: {scheme}://{config.listen}/metrics")
+    for line in webauth.summary(config, web):
+        out.print(line, markup=False)
     out.print("config OK")
     return EXIT_OK
 

@@ -22,6 +22,7 @@ from vcmon.probes.registry import build_probes
 from vcmon.resolve import Resolver
 from vcmon.results import Results
 from vcmon.scheduler import Scheduler
+from vcmon.webauth import web_config_path
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Daemon:
                     "icmp_mode": engine.mode,
                 }
                 api = Api(self.results, self.registry, info, alerts=self.alerts)
-                server = await serve(api, cfg.listen)
+                server = await serve(api, cfg.listen, web_config_path(cfg))
                 try:
                     event(log, logging.INFO, "started", version=__version__, listen=cfg.listen,
                           endpoints=len(self.results), icmp_mode=engine.mode)  # fmt: skip
