@@ -61,6 +61,7 @@ REACH_KINDS: Final = frozenset({Kind.ENDPOINT_DOWN, Kind.GROUP_DOWN})
 QUALITY_KINDS: Final = {Kind(m.kind): m for m in Metric}
 DISTRICT_PREFIX: Final = "district:"
 SINK_PREFIX: Final = "sink:"
+STORE_PREFIX: Final = "store:"
 
 
 @dataclass(slots=True)
@@ -90,6 +91,16 @@ class Want:
     affected: tuple[str, ...] = ()
     detail: Mapping[str, Any] = field(default_factory=dict)
     started_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The engine's alerts, silences and event seq at one moment (alerts are frozen values,
+    so copies of the dicts are enough)."""
+
+    alerts: Mapping[tuple[str, Kind], Alert]
+    silences: Mapping[str, Silence]
+    seq: int
 
 
 def target_of(ep: Endpoint) -> Target:
@@ -179,7 +190,10 @@ class AlertEngine:
         # Alerts of endpoints that left the inventory end now (resolved if they were sent).
         for key, alert in list(self.alerts.items()):
             tid = alert.target.id
-            if not tid.startswith((DISTRICT_PREFIX, SINK_PREFIX)) and tid not in nodes:
+            if (
+                not tid.startswith((DISTRICT_PREFIX, SINK_PREFIX, STORE_PREFIX))
+                and tid not in nodes
+            ):
                 self._close(key, now, out, {})
         self._evaluate(list(self._order), now, out, districts=self._districts())
         return out.changes()
@@ -278,6 +292,30 @@ class AlertEngine:
                 self._close(key, now, out, {})
         self._notify_pending(now, out)
         return out.changes()
+
+    def store_health(self, failing_since: float | None, where: str, now: float) -> Changes:
+        """Open (from ``failing_since``) or close the ``state_store_failing`` alert; ``where``
+        names the state file."""
+        target = Target(f"{STORE_PREFIX}state", where, "", "", "store")
+        key = (target.id, Kind.STATE_STORE_FAILING)
+        out = _Collector()
+        if failing_since is not None:
+            detail = {"failing_since": failing_since}
+            want = Want(Kind.STATE_STORE_FAILING, Severity.CRITICAL, detail=detail,
+                        started_at=failing_since)  # fmt: skip
+            self._open_or_update(target, want, None, now, out)
+        elif key in self.alerts:
+            self._close(key, now, out, {})
+        self._notify_pending(now, out)
+        return out.changes()
+
+    def checkpoint(self) -> Checkpoint:
+        """What ``add_silence``, ``expire_silence`` and ``ack`` change, to undo them."""
+        return Checkpoint(dict(self.alerts), dict(self.silences), self.seq)
+
+    def restore(self, saved: Checkpoint) -> None:
+        """Undo every decision since ``saved`` was taken (one whose write failed)."""
+        self.alerts, self.silences, self.seq = dict(saved.alerts), dict(saved.silences), saved.seq
 
     def _expire_acks(self, now: float, out: _Collector) -> None:
         """An acknowledgement that ran out while the alert still fires: notify again."""

@@ -47,7 +47,7 @@ _FORMATTER: Final = string.Formatter()
 _MISSING: Final = "—"
 _FALLBACK: Final = "*"  # built-in wording of a kind this module does not know
 # Ids of the engine's pseudo-targets (a district's roll-up, a failing sink): no endpoint.
-_PSEUDO_PREFIXES: Final = ("district:", "sink:")
+_PSEUDO_PREFIXES: Final = ("district:", "sink:", "store:")
 
 # (summary of the firing, summary of the resolve) per kind.
 _BUILTIN: Final[dict[str, dict[str, tuple[str, str]]]] = {
@@ -88,6 +88,10 @@ _BUILTIN: Final[dict[str, dict[str, tuple[str, str]]]] = {
             "Kênh gửi cảnh báo {place}: không gửi được {duration}",
             "Kênh gửi cảnh báo {place}: đã gửi lại được sau {duration}",
         ),
+        "state_store_failing": (
+            "Tệp trạng thái {place}: không ghi được {duration}",
+            "Tệp trạng thái {place}: đã ghi lại được sau {duration}",
+        ),
         _FALLBACK: ("{place}: {kind} ({severity})", "{place}: hết {kind} sau {duration}"),
     },
     "en": {
@@ -123,6 +127,10 @@ _BUILTIN: Final[dict[str, dict[str, tuple[str, str]]]] = {
         "sink_failing": (
             "Alert sink {place}: failing to deliver for {duration}",
             "Alert sink {place}: delivering again after {duration}",
+        ),
+        "state_store_failing": (
+            "State file {place}: cannot be written for {duration}",
+            "State file {place}: written again after {duration}",
         ),
         _FALLBACK: ("{place}: {kind} ({severity})", "{place}: {kind} cleared after {duration}"),
     },

@@ -28,6 +28,7 @@ class Kind(enum.StrEnum):
     JITTER_HIGH = "jitter_high"
     MOS_LOW = "mos_low"
     SINK_FAILING = "sink_failing"  # a sink could not deliver for longer than allowed
+    STATE_STORE_FAILING = "state_store_failing"  # the state file cannot be written
 
 
 class Severity(enum.StrEnum):

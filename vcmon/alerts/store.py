@@ -464,6 +464,7 @@ class Store:
         self.epoch = epoch
         self._conn = db
         self._why = f"the state file {path} is not open"
+        self.write_failures = 0  # failed write transactions and failed opens
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -495,6 +496,7 @@ class Store:
             self._conn, self.epoch = _connect(self.path)
         except StoreError as exc:
             self._why = str(exc)
+            self.write_failures += 1
             raise
 
     @property
@@ -584,6 +586,13 @@ class Store:
                 last = event.seq
             db.executemany(_INSERT_EVENT, rows.events)
         db.executemany(_UPSERT_SILENCE, rows.silences)
+
+    def check_writable(self, now: float) -> None:
+        """Write one small row, to learn whether writing works again; StoreError if not."""
+        db = self._db
+        with self._failing("write"), _transaction(db):
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('written_at', ?)",
+                       (repr(now),))  # fmt: skip
 
     def events(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """Events with seq > ``after_seq``, in seq order, in the contract's JSON form."""
@@ -758,6 +767,8 @@ class Store:
         except sqlite3.ProgrammingError:
             raise
         except sqlite3.Error as exc:
+            if doing == "write":
+                self.write_failures += 1
             raise StoreError(f"cannot {doing} the state file {self.path}: {exc}") from exc
 
     def _decode(self, body: str, decode: Callable[[dict[str, Any]], _T]) -> _T:
