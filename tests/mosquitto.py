@@ -3,7 +3,7 @@ password file and TLS (certificates made with the ``openssl`` CLI), stop and res
 same port. Also ``Proxy``, a TCP relay that can cut every connection at once or refuse MQTT 5
 like a 3.1.1-only broker.
 
-    with Mosquitto(tmp_path, users={"vcmon": "s3cret"}, tls=True) as broker:
+    with Mosquitto(tmp_path, users={"vcmon": "s3cret"}, tls=True, acl_file=acl) as broker:
         ...broker.port, broker.ca_file...
         broker.stop(); broker.start()
 """
@@ -82,6 +82,7 @@ class Mosquitto:
         tls: bool = False,
         require_certificate: bool = False,
         server_name: str = "IP:127.0.0.1",
+        acl_file: Path | None = None,
     ) -> None:
         reason = missing()
         if reason is not None:
@@ -110,6 +111,8 @@ class Mosquitto:
                 flags = ("-b", "-c") if i == 0 else ("-b",)
                 _run(MOSQUITTO_PASSWD, *flags, str(passwd), user, password, cwd=workdir)
             lines += ["allow_anonymous false", f"password_file {passwd}"]
+            if acl_file is not None:  # who may publish or read which topics
+                lines.append(f"acl_file {acl_file}")
         else:
             lines.append("allow_anonymous true")
         if tls:

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from vcmon.alerts.model import AlertEvent, Kind, Measurements, Severity, Status, Target
 from vcmon.sinks.base import Retry
-from vcmon.sinks.mqtt import MqttSink
+from vcmon.sinks.mqtt import MqttSink, TokenBucket
 from vcmon.sinks.mqtt_config import MqttConfig
 
 from .mosquitto import HOST, Mosquitto, Proxy, missing
@@ -177,6 +177,9 @@ def test_config_defaults_and_validation(monkeypatch: pytest.MonkeyPatch, tmp_pat
         ({"tls": {"cert_file": __file__}}, "go together"),
         ({"tls": {"ca_file": str(tmp_path / "nope.crt")}}, "no such file"),
         ({"hots": "x"}, "Extra inputs"),
+        ({"ack_per_minute": 0}, "acks per minute from above 0"),
+        ({"ack_burst": 0}, "burst from 1"),
+        ({"ack_burst": True}, "expected a number"),
     ]
     for bad, words in cases:
         with pytest.raises(ValidationError, match=words):
@@ -568,3 +571,185 @@ async def test_acks_reach_the_callback_even_when_sent_while_away(
             await sink.start()  # the broker kept the session and the ack queued for it
             await next_ack("the ack sent while away")
             assert got[-1] == ("ffee00", {"by": "minh"})
+
+
+class Acks:
+    """An ack callback that records what it is given and answers ``result``."""
+
+    def __init__(self, result: str = "accepted") -> None:
+        self.result = result
+        self.got: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, alert_id: str, payload: dict[str, Any]) -> str:
+        self.got.append((alert_id, payload))
+        return self.result
+
+    def ids(self) -> list[str]:
+        return [alert_id for alert_id, _ in self.got]
+
+
+@contextlib.asynccontextmanager
+async def maintained(sink: MqttSink) -> AsyncIterator[None]:
+    """The sink's ``maintain`` running, as the daemon runs it from its start."""
+    task = asyncio.create_task(sink.maintain())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def logged(caplog: pytest.LogCaptureFixture, name: str) -> int:
+    return sum(r.getMessage() == name for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "steps"),
+    [
+        # (clock, took?) in turn
+        (1.0, 2, [(0.0, True), (0.0, True), (0.0, False), (0.5, False), (1.0, True)]),
+        (1.0, 2, [(0.0, True), (0.0, True), (100.0, True), (100.0, True), (100.0, False)]),
+        (1.0, 1, [(10.0, True), (5.0, False), (10.5, False), (11.0, True)]),  # steps back
+        (10 / 60, 20, [(0.0, True)] * 20 + [(0.0, False), (5.9, False), (6.0, True)]),
+    ],
+)
+def test_token_bucket(rate: float, burst: int, steps: list[tuple[float, bool]]) -> None:
+    now = [steps[0][0]]
+    bucket = TokenBucket(rate, burst, lambda: now[0])
+    for i, (at, took) in enumerate(steps):
+        now[0] = at
+        assert bucket.take() is took, f"step {i} at {at}"
+
+
+async def test_maintain_connects_at_start_and_after_a_loss(
+    broker: Mosquitto, sinks: Callable[..., MqttSink]
+) -> None:
+    acks = Acks()
+    async with Proxy(broker.port) as proxy, aiomqtt.Client(HOST, broker.port) as operator:
+        sink = sinks(port=proxy.port)
+        async with maintained(sink):
+            await sink.subscribe_acks(acks)
+            await until("connected with nothing sent", lambda: sink.connected)
+            await operator.publish("vcmon/ack/a1", b'{"by": "lan"}', qos=1)
+            await until("the ack", lambda: acks.ids() == ["a1"])
+
+            proxy.cut()  # nothing is sent afterwards: only maintain can bring the link back
+            await operator.publish("vcmon/ack/b2", b'{"by": "minh"}', qos=1)
+            await until("the ack sent while away", lambda: acks.ids() == ["a1", "b2"])
+    assert sink.acks == {"accepted": 2}
+
+
+async def test_ack_results_are_counted(
+    broker: Mosquitto, sinks: Callable[..., MqttSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    acks = Acks("unknown_alert")
+    sink = sinks(port=broker.port)
+    await sink.subscribe_acks(acks)
+    await sink.start()
+    async with aiomqtt.Client(HOST, broker.port) as operator:
+        for payload in (b"not json", b"[1]", b"{" * 5000, b'{"by": "lan"}'):
+            await operator.publish("vcmon/ack/a1", payload, qos=1)
+        await until("the valid ack", lambda: acks.ids() == ["a1"])
+    assert sink.acks == {"invalid": 3, "unknown_alert": 1}
+    assert logged(caplog, "mqtt_ack_invalid") == 3
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_retained_ack_is_ignored_cleared_and_never_replayed(
+    broker: Mosquitto,
+    sinks: Callable[..., MqttSink],
+    caplog: pytest.LogCaptureFixture,
+    protocol: str,
+) -> None:
+    acks = Acks()
+    async with Proxy(broker.port) as proxy, aiomqtt.Client(HOST, broker.port) as operator:
+        # Retained before vcmon first subscribes: the broker offers it at every subscription.
+        await operator.publish("vcmon/ack/a1", b'{"by": "lan"}', qos=1, retain=True)
+        sink = sinks(port=proxy.port, protocol=protocol)
+        await sink.subscribe_acks(acks)
+        await sink.start()
+        await until("the retained ack seen", lambda: sink.acks["retained"] == 1)
+        await until("the retained ack cleared", lambda: not sink._clearing)
+        async with watching(broker.port, "vcmon/ack/#") as fresh:
+            await fresh.settle()
+            assert fresh.on("vcmon/ack/a1") == []  # the broker forgot it
+
+        if protocol == "5":  # MQTT 5 shows the publisher's retain flag on live messages too
+            await operator.publish("vcmon/ack/c3", b'{"by": "lan"}', qos=1, retain=True)
+            await until("the live retained ack seen", lambda: sink.acks["retained"] == 2)
+            await until("the live retained ack cleared", lambda: not sink._clearing)
+
+        proxy.cut()
+        await until("the sink notices", lambda: not sink.connected)
+        await sink.start()  # subscribes again: a retained ack left would be offered now
+        await operator.publish("vcmon/ack/b2", b'{"by": "minh"}', qos=1)
+        await until("the plain ack", lambda: acks.ids() == ["b2"])
+    assert sink.acks["accepted"] == 1
+    assert sink.acks["retained"] == (2 if protocol == "5" else 1)
+    assert logged(caplog, "ack_retained_ignored") == 1
+
+
+async def test_acks_are_rate_limited(
+    broker: Mosquitto, sinks: Callable[..., MqttSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    acks = Acks()
+    sink = sinks(port=broker.port, ack_per_minute=0.001, ack_burst=3)  # no refill in a test
+    await sink.subscribe_acks(acks)
+    await sink.start()
+    async with aiomqtt.Client(HOST, broker.port) as operator:
+        for i in range(8):
+            await operator.publish(f"vcmon/ack/a{i}", b'{"by": "flood"}', qos=1)
+        await until("every ack counted", lambda: sum(sink.acks.values()) == 8)
+    assert acks.ids() == ["a0", "a1", "a2"]
+    assert sink.acks == {"accepted": 3, "rate_limited": 5}
+    assert logged(caplog, "ack_rate_limited") == 1  # once for the run, not per ack
+
+
+ACL = Path(__file__).parent.parent / "deploy" / "mosquitto" / "acl"
+
+
+def test_the_shipped_mosquitto_config_refuses_anonymous_clients() -> None:
+    conf = (ACL.parent / "mosquitto.conf").read_text(encoding="utf-8").splitlines()
+    for line in ("allow_anonymous false", "acl_file /etc/mosquitto/vcmon/acl"):
+        assert line in conf
+    assert any(line.startswith("password_file ") for line in conf)
+
+
+async def test_only_oncall_can_ack_through_the_shipped_acl(
+    tmp_path: Path, sinks: Callable[..., MqttSink]
+) -> None:
+    _require_broker()
+    users = {"vcmon": "vcmon-pw", "oncall": "oncall-pw", "viewer": "viewer-pw"}
+    with Mosquitto(tmp_path / "broker", users=users, acl_file=ACL) as broker:
+        acks = Acks()
+        sink = sinks(port=broker.port, username="vcmon", password="vcmon-pw")
+        async with maintained(sink):
+            await sink.subscribe_acks(acks)
+            await until("connected", lambda: sink.connected)
+
+            with pytest.raises(aiomqtt.MqttError):  # anonymous: not even a connection
+                async with aiomqtt.Client(HOST, broker.port) as anonymous:
+                    await anonymous.publish("vcmon/ack/a0", b'{"by": "anon"}', qos=1)
+            # A user the ACL gives no write on vcmon/ack/: the broker drops the publish.
+            async with aiomqtt.Client(
+                HOST, broker.port, username="viewer", password="viewer-pw"
+            ) as viewer:
+                await viewer.publish("vcmon/ack/a1", b'{"by": "viewer"}', qos=1)
+            async with aiomqtt.Client(
+                HOST, broker.port, username="oncall", password="oncall-pw"
+            ) as oncall:
+                await oncall.publish("vcmon/ack/a2", b'{"by": "lan"}', qos=1)
+                # The broker handles publishes in order: a1 would have come before a2.
+                await until("oncall's ack", lambda: "a2" in acks.ids())
+                assert acks.ids() == ["a2"]
+
+                await oncall.publish("vcmon/ack/a3", b'{"by": "lan"}', qos=1, retain=True)
+                await until("the retained ack seen", lambda: sink.acks["retained"] == 1)
+                await until("the retained ack cleared", lambda: not sink._clearing)
+                await sink.close()  # the daemon's sink reconnects: nothing is replayed
+                await sink.start()
+                await oncall.publish("vcmon/ack/a4", b'{"by": "lan"}', qos=1)
+                await until("the next ack", lambda: "a4" in acks.ids())
+        assert acks.ids() == ["a2", "a4"]
+        assert sink.acks == {"accepted": 2, "retained": 1}

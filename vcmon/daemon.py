@@ -78,6 +78,9 @@ class Daemon:
         self.alerts.sink_status = self.delivery.failing
         self.alerts.status_listeners.append(self.delivery.status_changed)
         self.delivery.on_ack = self.alerts.ack_from
+        for d in self.delivery.dispatchers:  # sinks that take acks (MQTT) count them
+            if (count_acks := getattr(d.sink, "count_acks", None)) is not None:
+                count_acks(self.self_metrics.acks)
         try:
             engine = IcmpEngine(
                 mode=cfg.icmp.socket, max_rate=cfg.icmp.max_rate, payload_size=cfg.icmp.payload_size

@@ -202,6 +202,12 @@ class SelfMetrics:
             "Rounds skipped because the previous one overran its interval",
             registry=registry,
         )
+        self.acks = Counter(
+            "vcmon_acks",
+            "Acknowledgements received, by where they came from and what became of them",
+            ("source", "result"),
+            registry=registry,
+        )
 
 
 def build_registry(

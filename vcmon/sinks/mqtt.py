@@ -5,7 +5,12 @@ connection is noticed at once (the reader task ends), the next ``send``, ``start
 ``publish_status`` opens a new one and republishes everything retained that this process owns
 (birth, last status per endpoint), so a broker restarted without persistence is whole again.
 The client id is fixed and the session persistent, so acks sent while vcmon was away are
-delivered when it returns.
+delivered when it returns. ``maintain`` (run by the daemon from its start) keeps the connection
+open even while nothing is sent, so acks are taken at once.
+
+Acks are trusted only as far as the broker's ACL allows (deploy/mosquitto/): a retained ack is
+never taken (it would be replayed at every reconnect) and is cleared from the broker, and a
+token bucket bounds how many acks per minute reach the alert store.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import re
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -26,9 +33,11 @@ import paho.mqtt.client as mqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from vcmon.alerts.model import rfc3339
 from vcmon.logs import event as log_event
+from vcmon.outbox import Backoff
 from vcmon.sinks.base import Retry
 from vcmon.sinks.mqtt_config import MqttConfig, _TlsContext
 from vcmon.text import slugify
@@ -45,6 +54,34 @@ _PROTOCOL_REFUSED: Final = frozenset({1, 0x84})
 _SAFE_SEGMENT: Final = re.compile(r"[A-Za-z0-9_.:-]+")
 
 AckCallback = Callable[[str, dict[str, Any]], object]
+# What became of an ack taken from the broker (vcmon_acks_total{source="mqtt",result}).
+ACK_RESULTS: Final = (
+    "accepted", "retained", "rate_limited", "invalid", "unknown_alert", "bad_signature",
+    "not_stored",
+)  # fmt: skip
+# What the ack callback may answer; anything else (None included) counts as accepted.
+_CALLBACK_RESULTS: Final = frozenset({"accepted", "invalid", "unknown_alert", "not_stored"})
+MAX_ACK_BYTES: Final = 4096  # an ack is a few fields; more is not an ack
+
+
+class TokenBucket:
+    """``rate`` tokens per second up to ``burst``; ``take`` spends one if there is one."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+        self.rate, self.burst, self._clock = rate, burst, clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def take(self) -> bool:
+        """Spend a token: True if one was there, False (nothing spent) if the bucket is dry."""
+        now = self._clock()
+        # A clock that steps back neither drains the bucket nor earns it tokens twice.
+        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._at) * self.rate)
+        self._at = max(self._at, now)
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 def _segment(text: object) -> str:
@@ -108,6 +145,14 @@ class MqttSink:
         self._connecting = asyncio.Lock()
         self._tls: _TlsContext | None = None
         self._expiry_warned = False
+        self.acks: Counter[str] = Counter()  # by result (ACK_RESULTS)
+        self._ack_metric: Any = None  # a prometheus Counter labelled (source, result), if bound
+        self._ack_bucket = TokenBucket(
+            config.ack_per_minute / 60.0, config.ack_burst, time.monotonic
+        )
+        self._ack_limited = 0  # acks dropped in the current rate-limited run (0: none)
+        self._retained_logged = False
+        self._clearing: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -137,6 +182,26 @@ class MqttSink:
                       protocol="5" if self._link.version is aiomqtt.ProtocolVersion.V5
                       else "3.1.1")  # fmt: skip
             await self._republish(self._link)
+
+    async def maintain(self) -> None:
+        """Keep a connection open from the daemon's start until cancelled, so acks are taken
+        while nothing is sent; a lost one is opened again with backoff."""
+        backoff, rng, attempt = Backoff(), random.Random(), 0
+        while True:
+            if not self.connected:
+                try:
+                    await self.start()
+                except Retry as exc:
+                    if attempt == 0:  # one line per failing run
+                        log_event(log, logging.WARNING, "mqtt_connect_failed", sink=self.name,
+                                  reason=exc.reason, detail=exc.detail)  # fmt: skip
+                    await asyncio.sleep(backoff.delay(attempt, rng))  # a backoff
+                    attempt += 1
+                    continue
+            attempt = 0
+            link = self._link
+            if link is not None:
+                await link.lost.wait()
 
     async def _connect(self) -> _Link:
         if self.config.tls is not None and self._tls is None:
@@ -283,6 +348,8 @@ class MqttSink:
 
     async def close(self) -> None:
         """Announce offline (retained) and disconnect cleanly, so the will is not sent."""
+        for task in list(self._clearing):
+            task.cancel()
         async with self._connecting:
             link = self._link
             if link is not None and not link.lost.is_set():
@@ -355,13 +422,35 @@ class MqttSink:
             assert self._link is not None
             await self._subscribe_acks(self._link)
 
+    def count_acks(self, counter: Any) -> None:
+        """Also count acks in ``counter``, a prometheus Counter labelled (source, result);
+        every result is shown from the start, at 0."""
+        self._ack_metric = counter
+        for result in ACK_RESULTS:
+            counter.labels("mqtt", result)
+
+    def _count(self, result: str) -> None:
+        self.acks[result] += 1
+        if self._ack_metric is not None:
+            self._ack_metric.labels("mqtt", result).inc()
+
     async def _subscribe_acks(self, link: _Link) -> None:
+        ack_filter = f"{self.config.prefix}/ack/+"
         try:
-            await link.client.subscribe(f"{self.config.prefix}/ack/+", qos=1)
+            if link.version is aiomqtt.ProtocolVersion.V5:
+                # The publisher's retain flag as it was, so a retained ack is known even live;
+                # never our own messages (the empty ones that clear a retained ack).
+                options = SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True)
+                granted = await link.client.subscribe(ack_filter, options=options)
+            else:
+                granted = await link.client.subscribe(ack_filter, qos=1)
         except aiomqtt.MqttError as exc:
             if self._link is link:
                 await self._drop()
             raise Retry("disconnected", _describe(exc)) from None
+        if any(getattr(code, "value", code) >= 0x80 for code in granted):
+            log_event(log, logging.WARNING, "mqtt_ack_subscribe_refused", sink=self.name,
+                      topic=ack_filter, detail="refused by the broker's ACL")  # fmt: skip
 
     def _on_message(self, message: aiomqtt.Message) -> None:
         callback = self._ack_callback
@@ -369,18 +458,77 @@ class MqttSink:
         if callback is None or not message.topic.matches(ack_filter) or not message.payload:
             return  # an empty payload clears a retained ack: nothing to do
         alert_id = message.topic.value.rsplit("/", 1)[-1]
-        try:
-            payload = json.loads(bytes(message.payload))
-        except (ValueError, TypeError) as exc:
-            log_event(log, logging.WARNING, "mqtt_ack_invalid", sink=self.name,
-                      alert_id=alert_id, detail=str(exc))  # fmt: skip
+        if message.retain:
+            self._retained(message.topic.value, alert_id)
             return
-        if not isinstance(payload, dict):
-            log_event(log, logging.WARNING, "mqtt_ack_invalid", sink=self.name,
-                      alert_id=alert_id, detail="expected a JSON object")  # fmt: skip
+        if not self._ack_bucket.take():
+            self._rate_limited(alert_id)
+            return
+        if self._ack_limited:
+            log_event(log, logging.INFO, "ack_rate_limit_ended", sink=self.name,
+                      dropped=self._ack_limited)  # fmt: skip
+            self._ack_limited = 0
+        payload = self._parse(message.payload, alert_id)
+        if payload is None:
+            self._count("invalid")
             return
         try:
-            callback(alert_id, payload)
+            result = callback(alert_id, payload)
         except Exception as exc:  # one bad ack must not stop the connection's reader
             log_event(log, logging.ERROR, "mqtt_ack_failed", sink=self.name,
                       alert_id=alert_id, detail=repr(exc))  # fmt: skip
+            self._count("invalid")
+            return
+        self._count(result if isinstance(result, str) and result in _CALLBACK_RESULTS
+                    else "accepted")  # fmt: skip
+
+    def _parse(self, raw: object, alert_id: str) -> dict[str, Any] | None:
+        """The ack's JSON object, or None (logged) when it is not one."""
+        detail = None
+        payload: object = None
+        if not isinstance(raw, bytes | bytearray) or len(raw) > MAX_ACK_BYTES:
+            detail = f"expected a JSON object of at most {MAX_ACK_BYTES} bytes"
+        else:
+            try:
+                payload = json.loads(bytes(raw))
+            except (ValueError, TypeError, RecursionError) as exc:
+                detail = str(exc)
+            else:
+                if not isinstance(payload, dict):
+                    detail = "expected a JSON object"
+        if detail is not None or not isinstance(payload, dict):
+            log_event(log, logging.WARNING, "mqtt_ack_invalid", sink=self.name,
+                      alert_id=alert_id, detail=detail)  # fmt: skip
+            return None
+        return payload
+
+    def _retained(self, topic: str, alert_id: str) -> None:
+        """A retained ack: never taken, since the broker would replay it at every reconnect;
+        cleared, so it is not offered again."""
+        self._count("retained")
+        if not self._retained_logged:  # once: a flood must not flood the log
+            self._retained_logged = True
+            log_event(log, logging.WARNING, "ack_retained_ignored", sink=self.name,
+                      alert_id=alert_id, topic=topic,
+                      detail="acks must not be retained; cleared it from the broker")  # fmt: skip
+        task = asyncio.create_task(self._clear(topic), name=f"mqtt-clear-{self.name}")
+        self._clearing.add(task)
+        task.add_done_callback(self._clearing.discard)
+
+    async def _clear(self, topic: str) -> None:
+        link = self._link
+        if link is None:
+            return  # the next connection's subscription offers it again, and it is cleared then
+        try:
+            await self._publish(link, topic, b"", qos=1, retain=True)
+        except Retry as exc:  # the connection went: the next subscription offers it again
+            log_event(log, logging.DEBUG, "ack_retained_clear_deferred", sink=self.name,
+                      topic=topic, detail=exc.detail)  # fmt: skip
+
+    def _rate_limited(self, alert_id: str) -> None:
+        self._count("rate_limited")
+        if not self._ack_limited:  # once per run of dropped acks
+            cfg = self.config
+            log_event(log, logging.WARNING, "ack_rate_limited", sink=self.name, alert_id=alert_id,
+                      limit=f"{cfg.ack_per_minute:g}/min burst {cfg.ack_burst}")  # fmt: skip
+        self._ack_limited += 1

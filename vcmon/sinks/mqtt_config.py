@@ -40,6 +40,18 @@ def _keepalive(value: int) -> int:
     return value
 
 
+def _per_minute(value: float) -> float:
+    if not 0 < value <= 6000 or value != value:
+        raise ValueError(f"expected acks per minute from above 0 to 6000, got {value:g}")
+    return value
+
+
+def _burst(value: int) -> int:
+    if not 1 <= value <= 10000:
+        raise ValueError(f"expected a burst from 1 to 10000 acks, got {value}")
+    return value
+
+
 def _prefix(value: str) -> str:
     segments = value.split("/")
     if not value or any(not s for s in segments) or any(c in value for c in "+#\0"):
@@ -128,6 +140,9 @@ class MqttConfig(BaseModel):
         Annotated[int, BeforeValidator(not_bool), AfterValidator(positive_seconds)] | None
     ) = None  # s an event waits for an offline persistent subscriber (MQTT 5)
     timeout: PositiveSeconds = 10.0
+    # Acks taken from the broker: a token bucket, so a flood cannot drive the alert store.
+    ack_per_minute: Annotated[float, BeforeValidator(not_bool), AfterValidator(_per_minute)] = 10.0
+    ack_burst: Annotated[int, BeforeValidator(not_bool), AfterValidator(_burst)] = 20
 
     _secret: str | None = PrivateAttr(default=None)
 
