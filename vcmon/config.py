@@ -7,6 +7,7 @@ at once, each as ``file:line:column: path: what is wrong (what was expected)``.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import enum
 import errno
@@ -200,6 +201,34 @@ def check_address(value: str) -> str:
     raise ValueError(f"{value!r} is not an IPv4/IPv6 address or hostname ({_ADDRESS_EXAMPLES})")
 
 
+def _never_an_endpoint(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why no single host can answer at ``ip`` (unspecified, broadcast, multicast), or None."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified:
+        return "the unspecified address (it means 'any address' when listening, no host has it)"
+    if ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "the broadcast address (it reaches every host on the link, not one endpoint)"
+    if ip.is_multicast:
+        return "a multicast address (it names a group of hosts, not one endpoint)"
+    return None
+
+
+def check_endpoint_address(value: str) -> str:
+    """``check_address``, refusing also the addresses that can never be one endpoint's."""
+    value = check_address(value)
+    try:
+        ip = ipaddress.ip_address(value.split("%", 1)[0])
+    except ValueError:
+        return value  # a host name
+    reason = _never_an_endpoint(ip)
+    if reason is not None:
+        raise ValueError(
+            f"{value!r} is {reason}; expected the address of one endpoint, e.g. 127.0.0.1"
+        )
+    return value
+
+
 def _check_listen(value: str) -> str:
     expected = "expected host:port, e.g. 127.0.0.1:9231, [::1]:9231 or localhost:9231"
     m = _LISTEN_RE.fullmatch(value.strip())
@@ -369,7 +398,7 @@ class _EndpointFields(_Frozen):
 
     id: EndpointId
     name: Text
-    address: Annotated[str, AfterValidator(check_address)]
+    address: Annotated[str, AfterValidator(check_endpoint_address)]
     district: Text
     level: Annotated[Level, BeforeValidator(_lower)]
     parent: Annotated[
@@ -439,6 +468,12 @@ class Config(_Settings):
     source: Path
     endpoints: tuple[Endpoint, ...]
     _by_id: dict[str, Endpoint] = PrivateAttr(default_factory=dict)
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What is allowed but likely a mistake (two endpoints at one address), a line each."""
+        return self._warnings
 
     def model_post_init(self, context: Any, /) -> None:
         """Index endpoints by id."""
@@ -1251,6 +1286,45 @@ def _where(entry: _Entry, relative_to: _Source) -> str:
     return f"{format_path(entry.loc)} in {entry.source.name}{at}"
 
 
+def _file_fields(data: object, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    """(location, value) of every ``*_file`` setting below ``data``."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            here = (*loc, key)
+            if key.endswith("_file") and isinstance(value, str) and value:
+                yield here, value
+            else:
+                yield from _file_fields(value, here)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _file_fields(value, (*loc, i))
+
+
+def _refuse_special_files(
+    main: _Source, data: dict[str, Any], base: Path, problems: list[Problem]
+) -> dict[str, Any]:
+    """``data`` without the ``*_file`` settings that name a FIFO, a device, a directory, a
+    symlink loop or a file over the size limit, each reported: their readers would hang or
+    fill memory. Missing files are left to the setting's own check."""
+    bad: list[Loc] = []
+    for loc, value in _file_fields(data, ()):
+        # Top-level files are relative to the config file; a sink's, to the working directory.
+        where = base / value if len(loc) == 1 else Path(value)
+        reason = check_regular_file(where, "a regular file")
+        if reason is not None and reason.startswith("is "):
+            problems.append(main.problem(loc, f"{value} {reason}"))
+            bad.append(loc)
+    if not bad:
+        return data
+    data = copy.deepcopy(data)
+    for loc in bad:
+        holder: Any = data
+        for seg in loc[:-1]:
+            holder = holder[seg]
+        del holder[loc[-1]]
+    return data
+
+
 def _sink_problems(main: _Source, sinks: Sequence[BaseModel]) -> list[Problem]:
     """What a sink would fail on at start-up (an unset secret variable, an unreadable file)."""
     found = []
@@ -1262,6 +1336,9 @@ def _sink_problems(main: _Source, sinks: Sequence[BaseModel]) -> list[Problem]:
             check()
         except SinkSetupError as exc:
             found.append(main.problem(("sinks", i), str(exc)))
+        except (OSError, ValueError) as exc:  # a file its check reads, or a value it parses
+            reason = getattr(exc, "strerror", None) or str(exc)
+            found.append(main.problem(("sinks", i), f"cannot be set up: {reason}"))
     return found
 
 
@@ -1269,6 +1346,20 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     """Read, validate and resolve a config file and its inventory files; ConfigError if wrong."""
     env = os.environ if env is None else env
     path = Path(path)
+    # The limits keep these from happening; should one slip through, it is still a config
+    # problem, never a traceback or a dead daemon.
+    try:
+        return _load_config(path, env)
+    except RecursionError:
+        reason = f"nested too deeply to load (expected at most {MAX_DEPTH} levels)"
+    except MemoryError:
+        reason = "too large to load in the memory available"
+    except OSError as exc:
+        reason = _os_reason(exc, "a YAML file")
+    raise ConfigError([Problem(str(path), "", reason)])
+
+
+def _load_config(path: Path, env: Mapping[str, str]) -> Config:
     problems: list[Problem] = []
     try:
         main = _load_source(path, str(path), env, problems)
@@ -1289,14 +1380,16 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         )
     problems.extend(_unknown_keys(main, data, list(_ConfigFile.model_fields)))
     settings_data = {k: v for k, v in data.items() if k in _Settings.model_fields}
+    settings_data = _refuse_special_files(main, settings_data, path.parent, problems)
     settings: _Settings | None = _validate(_Settings, settings_data, main, (), problems)
 
     entries = _endpoints_of(main, data.get("endpoints"), problems)
     files = [main.name]  # problems are listed file by file, in this order
-    seen: dict[Path, Loc] = {path.resolve(): ()}
+    # realpath, not Path.resolve(): it does not raise on a symlink loop, which is read below.
+    seen: dict[str, Loc] = {os.path.realpath(path): ()}
     for loc, name in _inventory_paths(main, data.get("inventory"), problems):
         inc_path = path.parent / name
-        key = inc_path.resolve()
+        key = os.path.realpath(inc_path)
         if key in seen:
             was = format_path(seen[key]) or "the main config file"
             problems.append(main.problem(loc, f"'{name}' is already included as {was}"))
@@ -1341,11 +1434,40 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         problems.sort(key=lambda p: (order.get(p.file, 0), p.line or 0, p.column or 0))
         raise ConfigError(problems)
     assert settings is not None
-    return Config(
+    config = Config(
         source=path.absolute(),
         endpoints=tuple(endpoints),
         **{name: getattr(settings, name) for name in _Settings.model_fields},
     )
+    config._warnings = tuple(_duplicate_addresses(entries))
+    return config
+
+
+def _address_key(address: str) -> str:
+    try:
+        return ipaddress.ip_address(address).compressed  # '::0:1' and '::1' are one address
+    except ValueError:
+        return address.lower().rstrip(".")
+
+
+def _duplicate_addresses(entries: Sequence[_Entry]) -> list[str]:
+    """A warning for each endpoint probed at an address an earlier one has, with one probe."""
+    first: dict[tuple[str, str], _Entry] = {}
+    out = []
+    for entry in entries:
+        spec = entry.spec
+        if spec is None:
+            continue
+        key = (spec.probe, _address_key(spec.address))
+        was = first.setdefault(key, entry)
+        if was is not entry:
+            problem = entry.source.problem(
+                (*entry.loc, "address"),
+                f"{spec.address} is also the address of '{_spec(was).id}', "
+                f"{_where(was, entry.source)}; both are probed and alerted on separately",
+            )
+            out.append(str(problem))
+    return out
 
 
 def _policy_problems(main: _Source, alerts: AlertsConfig, entries: list[_Entry]) -> list[Problem]:
