@@ -37,10 +37,13 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def _load(path: str) -> Config:
     try:
-        return load_config(Path(path))
+        config = load_config(Path(path))
     except ConfigError as exc:
         err.print(str(exc), markup=False)
         raise SystemExit(EXIT_USAGE) from None
+    for warning in config.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    return config
 
 
 def _lab_endpoints(config: Config) -> list[str]:
