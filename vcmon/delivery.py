@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from vcmon.alerts.model import Target, matches
 from vcmon.alerts.policy import Matchers
-from vcmon.alerts.store import Store
+from vcmon.alerts.store import Store, StoreError
 from vcmon.config import Config
 from vcmon.outbox import Backoff, Dispatcher, Route
 from vcmon.sinks.base import SinkError
@@ -72,7 +72,10 @@ class Delivery:
         self._statuses: dict[str, dict[str, dict[str, Any]]] = {}
         self._status_wake: dict[str, asyncio.Event] = {}
         self.on_ack: Callable[[str, Mapping[str, Any]], object] | None = None
-        firing = store.firing_events()
+        try:
+            firing = store.firing_events()
+        except StoreError:  # not open yet: sinks start without what was open before
+            firing = []
         # Sinks with upkeep of their own (Alertmanager's re-posting), seeded from the log.
         self.upkeep: list[Callable[[], Coroutine[Any, Any, None]]] = []
         for sink in sinks:
@@ -123,6 +126,12 @@ class Delivery:
         """New events are in the log."""
         for d in self.dispatchers:
             d.notify()
+
+    def urgent(self, doc: Mapping[str, Any]) -> None:
+        """An event that cannot be written (state_store_failing): every sink whose route
+        takes it sends it now."""
+        for d in self.dispatchers:
+            d.urgent(doc)
 
 
 class DeliveryCollector(Collector):

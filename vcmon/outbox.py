@@ -7,6 +7,11 @@ retried with exponential backoff and full jitter, honouring the receiver's Retry
 refused event goes to the dead letters and delivery goes on; a target that answered 410 is
 disabled. Each dispatcher waits on its own, so a sink that is down never holds up another,
 nor the probing.
+
+A state file that cannot be read or written does not stop a dispatcher: a cursor that could
+not be saved is kept in memory and saved later (nothing is sent twice for it), reads are
+tried again every STORE_RETRY seconds, and an ``urgent`` event (the state_store_failing
+alert, which cannot be written) is sent meanwhile, and not again when the log reaches it.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from vcmon.alerts.grouping import Grouper, GroupPolicy, Notification
-from vcmon.alerts.store import Store
+from vcmon.alerts.store import Store, StoreError
 from vcmon.logs import event
 from vcmon.sinks.base import Gone, GroupSink, Reject, Retry, Sink, SinkError
 
@@ -33,6 +39,7 @@ RECHECK: Final = 5.0  # s between looks at the cursor when no event wakes the di
 # every event: each write is an fsync. A crash re-sends at most that much, and receivers
 # dedupe by event id (delivery is at least once).
 SAVE_EVERY: Final = 0.5
+STORE_RETRY: Final = 1.0  # s between attempts to read a state file that failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,36 +110,117 @@ class Dispatcher:
         # or read up to it (grouped, with `_grouper` holding what waits).
         self._position = 0
         self._grouper: Grouper | None = None
+        self._saved: int | None = None  # the cursor as last written; None before the start
+        self._fed = 0  # grouped: read from the log up to here
+        self._seeded = False
+        self._buried: list[tuple[Sequence[int], str, float]] = []  # dead letters to write
+        self._urgent: deque[Mapping[str, Any]] = deque()
+        self._sent_direct: set[str] = set()  # ids of urgent events sent, skipped in the log
+        self.store_error: str | None = None
 
     def notify(self) -> None:
         """New events were written; called from the loop thread after each commit."""
         self._wake.set()
         self.idle.clear()
 
+    def urgent(self, doc: Mapping[str, Any]) -> None:
+        """Send ``doc`` now, though it is not in the log (it cannot be written yet)."""
+        if self.route(doc) and self.stats.disabled is None:
+            self._urgent.append(doc)
+            self.notify()
+
     async def run(self) -> None:
-        """Deliver forever (until cancelled or the target is gone)."""
-        name = self.sink.name
-        if self.store.cursor(name) is None:
-            # A new sink starts with what happens from now on, not years of history.
-            self.store.advance(name, self.store.last_seq())
+        """Deliver forever (until cancelled or the target is gone); a failing state file
+        is waited out, never the end of delivery."""
         try:
-            if self.group is None:
-                await self._one_by_one()
-            else:
-                await self._grouped(Grouper(self.group))
+            grouper = Grouper(self.group) if self.group is not None else None
+            while True:
+                try:
+                    self._start_cursor()
+                    if grouper is None:
+                        await self._one_by_one()
+                    else:
+                        await self._grouped(grouper)
+                    return
+                except StoreError as exc:
+                    self._store_failed(exc)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(STORE_RETRY):
+                            await self._wake.wait()
+                    self._wake.clear()
+                    await self._send_urgent()
         finally:
             if self._started:
                 await self.sink.close()
 
+    def _start_cursor(self) -> None:
+        if self._saved is not None:
+            return
+        name = self.sink.name
+        stored = self.store.cursor(name)
+        if stored is None:
+            # A new sink starts with what happens from now on, not years of history.
+            stored = self.store.last_seq()
+            self.store.advance(name, stored)
+        self._position = self._fed = self._saved = stored
+
+    def _save(self, seq: int) -> bool:
+        """Write the dead letters and the cursor; on failure keep them to write later."""
+        name = self.sink.name
+        try:
+            while self._buried:
+                seqs, reason, at = self._buried[0]
+                self.store.bury(name, seqs, reason, at)
+                self._buried.pop(0)
+            self.store.advance(name, seq)
+        except StoreError as exc:
+            self._store_failed(exc)
+            return False
+        self._saved = seq
+        self._store_ok()
+        return True
+
+    def _store_failed(self, exc: StoreError) -> None:
+        if self.store_error is None:
+            event(log, logging.WARNING, "state_store_failing", sink=self.sink.name,
+                  error=str(exc))  # fmt: skip
+        self.store_error = str(exc)
+
+    def _store_ok(self) -> None:
+        if self.store_error is not None:
+            event(log, logging.INFO, "state_store_recovered", sink=self.sink.name)
+            self.store_error = None
+
+    async def _send_urgent(self) -> None:
+        while self._urgent:
+            doc = self._urgent[0]
+            outcome = await self._deliver(self._sender(doc), self.clock())
+            self._urgent.popleft()
+            if outcome is None and self.group is None:
+                self._sent_direct.add(str(doc.get("id")))
+
+    def _sent_already(self, doc: Mapping[str, Any]) -> bool:
+        """True for an urgent event sent before the log reached it (once)."""
+        ident = str(doc.get("id"))
+        if ident in self._sent_direct:
+            self._sent_direct.discard(ident)
+            return True
+        return False
+
     async def _one_by_one(self) -> None:
         name = self.sink.name
-        cursor = saved = self.store.cursor(name) or 0
         try:
             while True:
                 self._wake.clear()
+                await self._send_urgent()
                 # Re-read: `vcmon outbox retry` may have moved it back from another process.
-                cursor = saved = self._position = self.store.cursor(name) or 0
-                batch = self.store.entries(cursor, BATCH)
+                stored = self.store.cursor(name) or 0
+                if stored != self._saved:
+                    self._position = self._saved = stored
+                elif self._position != self._saved:
+                    self._save(self._position)  # a save that failed before
+                batch = self.store.entries(self._position, BATCH)
+                self._store_ok()
                 self._count_pending()
                 if not batch:
                     self.idle.set()
@@ -143,48 +231,52 @@ class Dispatcher:
                 last_save = time.monotonic()
                 for decided, doc in batch:
                     outcome = None
-                    if self.route(doc):
+                    if self.route(doc) and not self._sent_already(doc):
                         outcome = await self._deliver(self._sender(doc), decided)
                     if isinstance(outcome, Gone):
                         self._disable(outcome)
                         return
-                    cursor = self._position = int(doc["seq"])
+                    self._position = int(doc["seq"])
                     self._count_pending()
                     if isinstance(outcome, Reject):
-                        self.store.advance(name, cursor, outcome.reason, self.clock())
-                        saved = cursor
+                        self._buried.append(((self._position,), outcome.reason, self.clock()))
+                        self._save(self._position)
                     elif time.monotonic() - last_save >= SAVE_EVERY:
-                        self.store.advance(name, cursor)
-                        saved, last_save = cursor, time.monotonic()
-                if cursor != saved:
-                    self.store.advance(name, cursor)
-                    saved = cursor
+                        self._save(self._position)
+                        last_save = time.monotonic()
+                if self._position != self._saved:
+                    self._save(self._position)
         finally:
-            if cursor != saved:  # stopped mid-batch: keep what was acknowledged
-                self.store.advance(name, cursor)
+            if self._position != self._saved:  # stopped mid-batch: keep what was acknowledged
+                self._save(self._position)
 
     async def _grouped(self, grouper: Grouper) -> None:
         name = self.sink.name
         self._grouper = grouper
-        fed = saved = self.store.cursor(name) or 0
-        now = self.clock()
-        for doc in self.store.open_events():
-            # Notified before the restart; an acknowledged one stays unrepeated.
-            if int(doc["seq"]) <= fed and self.route(doc):
-                grouper.seed(doc, now)
+        saved = self._saved or 0
+        if not self._seeded:
+            now = self.clock()
+            for doc in self.store.open_events():
+                # Notified before the restart; an acknowledged one stays unrepeated.
+                if int(doc["seq"]) <= saved and self.route(doc):
+                    grouper.seed(doc, now)
+            self._seeded = True
         while True:
             self._wake.clear()
+            await self._send_urgent()
             cursor = self.store.cursor(name) or 0
-            if cursor < saved:  # moved back by `vcmon outbox retry`: read those again
-                fed = cursor
-            batch = self.store.entries(fed, BATCH)
+            if cursor < (self._saved or 0):  # moved back by `vcmon outbox retry`: read again
+                self._fed = cursor
+                self._saved = cursor
+            batch = self.store.entries(self._fed, BATCH)
+            self._store_ok()
             now = self.clock()
             for decided, doc in batch:
                 if self.route(doc):
                     # The wait runs from the decision: one read after a restart or a long
                     # retry of another group is not held back again.
                     grouper.add(doc, int(doc["seq"]), min(now, decided))
-                fed = self._position = int(doc["seq"])
+                self._fed = self._position = int(doc["seq"])
             self._count_pending()
             for note in grouper.due(now):
                 outcome = await self._deliver(self._group_sender(note), note.due_at)
@@ -192,14 +284,13 @@ class Dispatcher:
                     self._disable(outcome)
                     return
                 if isinstance(outcome, Reject):
-                    self.store.bury(name, note.seqs, outcome.reason, self.clock())
+                    self._buried.append((note.seqs, outcome.reason, self.clock()))
                 grouper.sent(note, self.clock())
             # Done up to just before the oldest event still waiting in a group.
             low = grouper.low_water()
-            done = fed if low is None else min(fed, low - 1)
-            if done != saved:
-                self.store.advance(name, done)
-            saved = done
+            done = self._fed if low is None else min(self._fed, low - 1)
+            if done != self._saved or self._buried:
+                self._save(done)
             self._count_pending()
             if len(batch) == BATCH:
                 continue
@@ -215,7 +306,10 @@ class Dispatcher:
     def _count_pending(self) -> None:
         """What the sink owes now: the log past its position, and, grouped, what waits in a
         group that is due; what a group holds back on purpose is ``held``, not pending."""
-        owed = max(0, self.store.last_seq() - self._position)
+        try:
+            owed = max(0, self.store.last_seq() - self._position)
+        except StoreError:
+            return  # keep the last count while the file cannot be read
         if self._grouper is not None:
             overdue, self.stats.held = self._grouper.waiting(self.clock())
             owed += overdue
