@@ -260,6 +260,13 @@ class Api:
         return text(200, "OK\n")
 
     async def ready(self, request: Request, who: Identity = ANONYMOUS_WRITER) -> Response:
+        store = self.alert_runtime.store_state() if self.alert_runtime is not None else None
+        if store is not None and not store.ok:
+            return text(
+                503,
+                f"the state store is failing ({store.error or 'writes pending'}); probing goes "
+                f"on, {store.pending_changes} decisions wait to be written\n",
+            )
         if self._results.all_observed():
             return text(200, "ready\n")
         pending = sum(1 for rec in self._results if rec.last is None)
@@ -273,6 +280,8 @@ class Api:
             "ready": self._results.all_observed(),
             "endpoints": [endpoint_status(rec) for rec in self._results],
         }
+        if self.alert_runtime is not None:
+            doc["state_store"] = self.alert_runtime.store_state().to_json()
         return json_response(doc)
 
     @_engine_route

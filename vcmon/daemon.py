@@ -15,7 +15,7 @@ from vcmon.api import Api, serve
 from vcmon.config import Config, ConfigError, load_config
 from vcmon.delivery import Delivery
 from vcmon.logs import event
-from vcmon.metrics import AlertCollector, build_registry
+from vcmon.metrics import AlertCollector, StoreCollector, build_registry
 from vcmon.probes.base import Probe
 from vcmon.probes.icmp import IcmpEngine
 from vcmon.probes.registry import build_probes
@@ -73,8 +73,10 @@ class Daemon:
         cfg = self.config
         self.alerts = AlertRuntime.open(cfg)
         self.registry.register(AlertCollector(self.alerts.firing_by_severity))
+        self.registry.register(StoreCollector(self.alerts.store_state))
         self.delivery = Delivery(cfg, self.alerts.store, self.registry)
         self.alerts.listeners.append(self.delivery.notify)
+        self.alerts.urgent_listeners.append(self.delivery.urgent)
         self.alerts.sink_status = self.delivery.failing
         self.alerts.status_listeners.append(self.delivery.status_changed)
         self.delivery.on_ack = self.alerts.ack_from

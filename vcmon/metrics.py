@@ -6,6 +6,7 @@ import math
 import platform
 import re
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import (
@@ -173,6 +174,38 @@ class AlertCollector(Collector):
         for severity in self.SEVERITIES:
             gauge.add_metric((severity,), counts.get(severity, 0))
         yield gauge
+
+
+class StoreCollector(Collector):
+    """The state file's health, read from the alert runtime at scrape time."""
+
+    def __init__(self, state: Callable[[], Any]) -> None:
+        self._state = state  # () -> vcmon.alerts.runtime.StoreState
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        st = self._state()
+        yield GaugeMetricFamily(
+            "vcmon_state_store_ok", "1 while the state file is written as decisions are made",
+            value=1.0 if st.ok else 0.0,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "vcmon_state_store_write_failures",
+            "Writes to the state file that failed (and attempts to open it)",
+            value=st.write_failures,
+        )
+        yield GaugeMetricFamily(
+            "vcmon_state_store_pending_changes",
+            "Decisions held in memory because the state file could not be written",
+            value=st.pending_changes,
+        )
+        yield CounterMetricFamily(
+            "vcmon_state_store_dropped_events",
+            "Held events dropped because more than the queue's bound waited",
+            value=st.dropped_events,
+        )
 
 
 class SelfMetrics:

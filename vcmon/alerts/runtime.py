@@ -248,10 +248,12 @@ class AlertRuntime:
         if not self.store.is_open:
             try:
                 self.store.reopen()
+                self._adopt_opened_store(now)
             except StoreError as exc:
+                if self.store.is_open:
+                    self.store.unopen(exc)  # adopted next time, not written to as it is
                 self._store_failed(exc, now)
                 return
-            self._adopt_opened_store(now)
         if self.held:
             if not self.write_held():
                 return

@@ -499,6 +499,11 @@ class Store:
             self.write_failures += 1
             raise
 
+    def unopen(self, why: StoreError) -> None:
+        """Close, and be an unopened store again (one whose contents could not be used)."""
+        self.close()
+        self._conn, self._why = None, str(why)
+
     @property
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
