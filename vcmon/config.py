@@ -19,9 +19,10 @@ import socket
 import stat
 import unicodedata
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeAlias, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -974,6 +975,101 @@ def _build(
 
 
 # ---------------------------------------------------------------------------------------------
+# Secrets: never in an error. A value is secret by its field's name (or any enclosing one);
+# a URL's user info and path may hold a token, so only its scheme and host are shown.
+
+_SECRET_NAME: Final = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|api_?key|authori[sz]ation|credential|bearer|cookie"
+    r"|private_?key|^headers$",
+    re.IGNORECASE,
+)
+_URL_NAME: Final = re.compile(r"(^|_)(url|uri|endpoint_url|webhook)$", re.IGNORECASE)
+# Patterns scrubbed from every message whatever field they came from.
+_SECRET_PATTERNS: Final = (
+    (re.compile(r"\bbot\d{3,}:[A-Za-z0-9_-]{10,}"), "bot***"),  # a Telegram bot token
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"), "whsec_***"),  # a webhook signing secret
+    (re.compile(r"(\w+://[^/@\s:'\"]*:)[^@\s/'\"]*@"), r"\1***@"),  # user:password@
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 ***"),
+)
+_NOT_SHOWN: Final = "(not shown: it may hold a secret)"
+
+
+def is_secret_path(loc: Loc) -> bool:
+    """Whether the value at ``loc`` is secret: a password, secret, token, header value…
+
+    Settings that only name where a secret is (``*_env``, ``*_file``) are not secret.
+    """
+    return any(
+        isinstance(seg, str)
+        and not seg.lower().endswith(("_env", "_file"))
+        and _SECRET_NAME.search(seg) is not None
+        for seg in loc
+    )
+
+
+def _is_url_path(loc: Loc) -> bool:
+    return any(isinstance(seg, str) and _URL_NAME.search(seg) for seg in loc)
+
+
+def redact_url(text: str) -> str:
+    """``text`` as a URL with only its scheme, user name and host: 'https://u:***@host/…'."""
+    try:
+        parts = urlsplit(text.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return _NOT_SHOWN
+    if not parts.scheme or not host:
+        return _NOT_SHOWN
+    user = f"{parts.username}:***@" if parts.password is not None else ""
+    if parts.username is not None and parts.password is None:
+        user = "***@"
+    where = f"[{host}]" if ":" in host else host
+    rest = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{user}{where}{f':{port}' if port else ''}{rest}"
+
+
+def _leaves(data: object, loc: Loc) -> Iterator[tuple[Loc, object]]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _leaves(value, (*loc, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _leaves(value, (*loc, i))
+    else:
+        yield loc, data
+
+
+def _secrets_of(source: _Source) -> dict[str, str]:
+    """Each secret text of ``source`` (as loaded and as written) → what to show instead."""
+    out: dict[str, str] = {}
+    for loc, value in _leaves(source.data, ()):
+        if value is None or isinstance(value, bool):
+            continue
+        texts = {str(value), source.text.get(loc, "")} - {""}
+        if is_secret_path(loc):
+            out.update(dict.fromkeys(texts, "***"))
+        elif isinstance(value, str) and (_is_url_path(loc) or "@" in value):
+            for text in texts:
+                if "${" not in text and redact_url(text) != text:
+                    out[text] = redact_url(text) if _is_url_path(loc) else "***"
+    return out
+
+
+def scrub(message: str, secrets: Mapping[str, str]) -> str:
+    """``message`` with every secret of ``secrets`` and every token-like text replaced."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        shown = secrets[secret]
+        if len(secret) >= 6:
+            message = message.replace(secret, shown)
+        else:  # a short one only where it stands alone, not inside other words
+            alone = rf"(?<!\w){re.escape(secret)}(?!\w)"
+            message = re.sub(alone, shown.replace("\\", "\\\\"), message)
+    for pattern, replacement in _SECRET_PATTERNS:
+        message = pattern.sub(replacement, message)
+    return message
+
+
+# ---------------------------------------------------------------------------------------------
 # Pydantic errors in plain words
 
 
@@ -1022,10 +1118,32 @@ def _describe(value: object, written: str | None) -> str:
     return f"{written!r}" if written else type(value).__name__
 
 
-def _explain(err: ErrorDetails, model: type[BaseModel], loc: Loc, written: str | None) -> str:
-    """One pydantic error as a sentence a network admin understands."""
+def _kind_of(value: object) -> str:
+    """What ``value`` is, without showing it: for secrets."""
+    if value is None:
+        return "nothing (an empty value)"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, dict):
+        return "a mapping (key: value)"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return "a value of another kind"
+
+
+def _explain(
+    err: ErrorDetails, model: type[BaseModel], loc: Loc, written: str | None, secret: bool = False
+) -> str:
+    """One pydantic error as a sentence a network admin understands; when ``secret``, the
+    value is described by its kind only."""
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
-    got = _describe(value, written)
+    got = _kind_of(value) if secret else _describe(value, written)
+    if secret:
+        written = None
     # Models are looked up along pydantic's own path, which names the sink type it chose.
     raw = tuple(s for s in err["loc"] if s != "[key]")
     loc = raw if len(raw) >= len(loc) else loc
@@ -1047,6 +1165,8 @@ def _explain(err: ErrorDetails, model: type[BaseModel], loc: Loc, written: str |
         return str(ctx.get("error", err["msg"]))
     if kind == "string_type":
         quote = f' (write it in quotes: "{written}")' if written and value is not None else ""
+        if secret and value is not None:
+            quote = " (write it in quotes)"
         return f"expected text, got {got}{quote}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"expected a whole number, got {got}"
@@ -1091,7 +1211,7 @@ def field_messages(exc: ValidationError, model: type[BaseModel]) -> list[tuple[s
     out = []
     for err in exc.errors():
         loc, _ = _error_loc(err)
-        out.append((format_path(loc), _explain(err, model, loc, None)))
+        out.append((format_path(loc), _explain(err, model, loc, None, is_secret_path(loc))))
     return out
 
 
@@ -1110,7 +1230,7 @@ def _validate(
                 full = full[:-1]
             if full in source.reported:
                 continue
-            message = _explain(err, model, loc, source.text.get(full))
+            message = _explain(err, model, loc, source.text.get(full), is_secret_path(full))
             problems.append(source.problem(full, message, key=is_key))
         return None
 
@@ -1202,15 +1322,17 @@ class _Entry:
 
 
 def _load_source(
-    path: Path, name: str, env: Mapping[str, str], problems: list[Problem]
+    path: Path, name: str, env: Mapping[str, str], problems: list[Problem], sources: list[_Source]
 ) -> _Source | None:
-    """The parsed file, or None after adding why it cannot be parsed to ``problems``."""
+    """The parsed file, or None after adding why it cannot be parsed to ``problems``; what
+    was parsed is added to ``sources`` either way (its secrets are kept out of messages)."""
     raw = read_file(path, "a YAML file")
     text, problem = decode_text(raw, name)
     if text is None:
         problems.append(problem or Problem(name, "", "not UTF-8 text"))
         return None
     source = _Source(name)
+    sources.append(source)
     found = _parse(text, source, env)
     problems.extend(found)
     if any(not p.path for p in found):  # a syntax error: there is no data to check
@@ -1348,8 +1470,16 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     path = Path(path)
     # The limits keep these from happening; should one slip through, it is still a config
     # problem, never a traceback or a dead daemon.
+    sources: list[_Source] = []
     try:
-        return _load_config(path, env)
+        return _load_config(path, env, sources)
+    except ConfigError as exc:
+        secrets: dict[str, str] = {}
+        for source in sources:
+            secrets.update(_secrets_of(source))
+        raise ConfigError(
+            [replace(p, message=scrub(p.message, secrets)) for p in exc.problems]
+        ) from None
     except RecursionError:
         reason = f"nested too deeply to load (expected at most {MAX_DEPTH} levels)"
     except MemoryError:
@@ -1359,10 +1489,11 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     raise ConfigError([Problem(str(path), "", reason)])
 
 
-def _load_config(path: Path, env: Mapping[str, str]) -> Config:
+def _load_config(path: Path, env: Mapping[str, str], sources: list[_Source]) -> Config:
+    """load_config's work; each file parsed is added to ``sources``."""
     problems: list[Problem] = []
     try:
-        main = _load_source(path, str(path), env, problems)
+        main = _load_source(path, str(path), env, problems, sources)
     except Unreadable as exc:
         raise ConfigError([Problem(str(path), "", str(exc))]) from None
     if main is None:
@@ -1397,7 +1528,7 @@ def _load_config(path: Path, env: Mapping[str, str]) -> Config:
         seen[key] = loc
         files.append(str(inc_path))
         try:
-            inc = _load_source(inc_path, str(inc_path), env, problems)
+            inc = _load_source(inc_path, str(inc_path), env, problems, sources)
         except Unreadable as exc:
             reason = str(exc)
             said = f"{inc_path} {reason}" if reason.startswith("is ") else f"{reason}: {inc_path}"
