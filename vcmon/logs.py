@@ -4,11 +4,53 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 _FIELDS = "vcmon_fields"
+# Libraries that log every request's URL at INFO: a chat webhook's URL is its credential
+# (Telegram's bot token, Slack's and Mattermost's hook path, user:password@).
+QUIET_LOGGERS: Final = ("httpx", "httpcore")
+# How much of a URL's first path segment may show: a short leading word (hooks, services,
+# bot), not a token; a longer run of letters may be one, so none of it shows.
+_WORD = re.compile(r"[A-Za-z][A-Za-z_-]{0,11}(?![A-Za-z_-])")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe for a log or an error: scheme://host[:port] and at most a leading word of
+    the first path segment; user info, the rest of the path, query and fragment become ***
+    (``https://api.telegram.org/bot123:AA…/sendMessage`` → ``https://api.telegram.org/bot***``)."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "***"
+    if not parts.scheme or not host:
+        return "***"
+    if ":" in host:
+        host = f"[{host}]"
+    head = f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+    path = parts.path.lstrip("/")
+    first = path.split("/", 1)[0]
+    word = _WORD.match(first)
+    shown = word.group() if word is not None else ""
+    rest = path[len(shown) :] or parts.query or parts.fragment
+    if not shown:
+        return head + ("/***" if rest else "")
+    if not rest:
+        return f"{head}/{shown}"
+    if shown == first:  # the whole segment shows; what follows it does not
+        return f"{head}/{shown}{'/' if rest.startswith('/') else '?'}***"
+    return f"{head}/{shown}***"
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with every URL in it redacted (an exception's message, a receiver's answer)."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text)
 
 
 def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
@@ -65,3 +107,5 @@ def setup(level: str = "info", fmt: str = "logfmt") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in QUIET_LOGGERS:  # whatever the level asked: their INFO lines carry URLs
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 from vcmon.alerts.policy import Matchers
 from vcmon.fields import PositiveSeconds
 from vcmon.logs import event as log_event
+from vcmon.logs import redact_urls
 from vcmon.sinks.base import Reject, Retry
 
 if TYPE_CHECKING:
@@ -119,12 +120,12 @@ class AlertmanagerSink:
         try:
             resp = await self._client.post(f"{self.config.url}/api/v2/alerts", json=alerts)
         except httpx.TimeoutException as exc:
-            raise Retry("timeout", str(exc)) from None
-        except httpx.HTTPError as exc:
-            raise Retry("connect", str(exc)) from None
+            raise Retry("timeout", redact_urls(str(exc))) from None
+        except httpx.HTTPError as exc:  # its message may quote the URL, user info and all
+            raise Retry("connect", redact_urls(str(exc))) from None
         if resp.status_code < 300:
             return
-        detail = resp.text[:200]
+        detail = redact_urls(resp.text[:200])
         if resp.status_code >= 500 or resp.status_code in (408, 429):
             raise Retry(f"http_{resp.status_code}", detail)
         raise Reject(f"http_{resp.status_code}", detail)

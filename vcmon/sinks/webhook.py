@@ -35,6 +35,7 @@ from vcmon import __version__
 from vcmon.alerts.grouping import GroupPolicy, Notification, resolve_group
 from vcmon.alerts.policy import Matchers
 from vcmon.fields import PositiveSeconds
+from vcmon.logs import redact_urls
 from vcmon.sinks.base import Gone, Reject, Retry, SinkSetupError
 from vcmon.sinks.webhook_bodies import BodyKind, body_for, group_body_for
 
@@ -270,7 +271,8 @@ def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
 
 
 def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+    # An HTTP library's message may quote the URL, and the URL may be the credential.
+    return redact_urls(str(exc)) or type(exc).__name__
 
 
 class WebhookSink:
@@ -362,7 +364,7 @@ class WebhookSink:
             await response.aclose()
         if 200 <= code < 300:
             return
-        detail = " ".join(answer.decode("utf-8", "replace").split())[:DETAIL_CHARS]
+        detail = redact_urls(" ".join(answer.decode("utf-8", "replace").split())[:DETAIL_CHARS])
         reason = f"http_{code}"
         if code == 410:
             raise Gone(reason, detail)
