@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import string
 import unicodedata
 import zoneinfo
@@ -44,6 +45,11 @@ _PLACEHOLDERS: Final = {
 }
 _SAMPLE: Final = dict.fromkeys(_PLACEHOLDERS, "x")
 _FORMATTER: Final = string.Formatter()
+# A field's width and precision: '{place:>1500000000}' would otherwise make a 1.5 GB string.
+MAX_WIDTH: Final = 200
+_SPEC_RE: Final = re.compile(
+    r"(?:.?[<>=^])?[-+ ]?z?#?0?(?P<width>\d*)[,_]?(?:\.(?P<precision>\d*))?[a-zA-Z%]?", re.S
+)
 _MISSING: Final = "—"
 _FALLBACK: Final = "*"  # built-in wording of a kind this module does not know
 # Ids of the engine's pseudo-targets (a district's roll-up, a failing sink): no endpoint.
@@ -212,6 +218,45 @@ class TemplateError(ValueError):
     """An admin's template that cannot be rendered."""
 
 
+def spec_problem(spec: str) -> str | None:
+    """Why format spec ``spec`` may not be used in a template (too wide), or None."""
+    if "{" in spec or "}" in spec:
+        return "a placeholder inside a format spec is not allowed (its width would be unbounded)"
+    m = _SPEC_RE.fullmatch(spec)
+    if m is None:
+        return None  # format() refuses it with its own words
+    for part in ("width", "precision"):
+        digits = m[part].lstrip("0") if m[part] else ""
+        if len(digits) > 3 or (digits and int(digits) > MAX_WIDTH):
+            shown = m[part] if len(m[part]) <= 12 else f"of {len(m[part])} digits"
+            return f"{part} {shown} is too large (expected at most {MAX_WIDTH})"
+    return None
+
+
+class _Bounded(string.Formatter):
+    """str.format that refuses a field wider than MAX_WIDTH, even one a nested field sets."""
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        problem = spec_problem(format_spec)
+        if problem is not None:
+            raise TemplateError(problem)
+        return super().format_field(value, format_spec)
+
+
+_BOUNDED: Final = _Bounded()
+# What rendering an admin's template can raise; the template was checked at load, so these
+# are a safety net and the built-in wording is used instead.
+_RENDER_ERRORS: Final = (ValueError, KeyError, IndexError, AttributeError, TypeError)
+
+
+def _render(text: str, values: Mapping[str, str]) -> str | None:
+    """``text`` formatted with ``values``, field widths bounded; None if it cannot be."""
+    try:
+        return str(_BOUNDED.vformat(text, (), values))
+    except _RENDER_ERRORS:
+        return None
+
+
 def placeholders() -> dict[str, str]:
     """Every placeholder a template may use, with its one-line meaning."""
     return dict(_PLACEHOLDERS)
@@ -236,8 +281,22 @@ def _check(locale: str, kind: str, field: str, text: str) -> None:
             )
         if name not in _PLACEHOLDERS:  # also refuses {place.attr} and {place[0]}
             raise unknown(name)
+    for _, field_name, spec, _ in _FORMATTER.parse(text):
+        if field_name is None or not spec:
+            continue
+        try:
+            nested = [n for _, n, _, _ in _FORMATTER.parse(spec) if n is not None]
+        except ValueError:
+            nested = []  # said below, by the formatting
+        for inner in nested:
+            if inner not in _PLACEHOLDERS:
+                raise unknown(inner)
+        problem = spec_problem(spec)
+        if problem is not None:
+            shown = spec if len(spec) <= 24 else spec[:20] + "…"
+            raise TemplateError(f"{where}: {{{field_name}:{shown}}}: {problem}")
     try:
-        text.format_map(_SAMPLE)
+        _BOUNDED.vformat(text, (), _SAMPLE)
     except KeyError as exc:  # a placeholder nested in a format spec: {value:{width}}
         raise unknown(str(exc.args[0])) from None
     except (ValueError, TypeError, IndexError, AttributeError) as exc:
@@ -392,9 +451,11 @@ class Messages:
         own = self._own.get(name)
         builtin = _BUILTIN[self.locale].get(name) or _BUILTIN[self.locale][_FALLBACK]
         text = (own.resolved if resolved else own.summary) if own is not None else None
-        summary = (text or builtin[resolved]).format_map(values)
+        summary = (text and _render(text, values)) or builtin[resolved].format_map(values)
         if own is not None and own.description is not None:
-            return summary, own.description.format_map(values)
+            description = _render(own.description, values)
+            if description is not None:
+                return summary, description
         description = self._description(
             summary, values, target, affected, measurements, at, resolved
         )
