@@ -165,6 +165,12 @@ class RateLimitedLog:
         return count
 
 
+def _head_size(head: h11.Request) -> int:
+    """Bytes of a request head as sent, give or take whitespace h11 stripped."""
+    line = len(head.method) + len(head.target) + len(b"  HTTP/1.1\r\n\r\n")
+    return line + sum(len(name) + len(value) + 4 for name, value in head.headers.raw_items())
+
+
 async def _read_until(reader: asyncio.StreamReader, deadline: float) -> bytes | None:
     """What the client sent next (b"" at its end), or None if nothing came by ``deadline``."""
     try:
@@ -390,8 +396,7 @@ class HttpServer:
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint
                 if status == 431:
-                    raise _Refused("header_too_large", text(431, "request header too large "
-                                   f"(limit {limits.max_header} bytes)\n")) from None  # fmt: skip
+                    raise _Refused("header_too_large", self._head_too_large()) from None
                 raise _Refused("bad_request", text(status, f"bad request: {exc}\n")) from None
             if ev is h11.NEED_DATA:
                 data = await _read_until(conn.reader, deadline)
@@ -410,6 +415,8 @@ class HttpServer:
                 continue
             if isinstance(ev, h11.Request):
                 head = ev
+                if _head_size(ev) > limits.max_header:  # arrived whole in one read
+                    raise _Refused("header_too_large", self._head_too_large())
                 self._check_body_size(conn, ev)
                 deadline = loop.time() + limits.body_timeout
             elif isinstance(ev, h11.Data):
@@ -435,6 +442,9 @@ class HttpServer:
             raise _Refused("body_too_large", self._too_large())
         if conn.h11.they_are_waiting_for_100_continue:
             conn.writer.write(conn.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+
+    def _head_too_large(self) -> Response:
+        return text(431, f"request header too large (limit {self.limits.max_header} bytes)\n")
 
     def _too_large(self) -> Response:
         return text(413, f"request body too large (limit {self.limits.max_body} bytes)\n")
