@@ -152,6 +152,15 @@ class Daemon:
             self.self_metrics.config_reload_ok.set(0)
             event(log, logging.ERROR, "config_reload_failed", error=str(exc))
             return False
+        except (MemoryError, RecursionError, OSError) as exc:
+            # The loader turns these into ConfigError; should one escape, the daemon must
+            # still keep its config and go on. Only the type: the text may quote the file.
+            said = f"{type(exc).__name__} while loading; the running config is kept"
+            self.self_metrics.config_reload_ok.set(0)
+            event(log, logging.ERROR, "config_reload_failed", error=said)
+            return False
+        for warning in new.warnings:
+            event(log, logging.WARNING, "config_warning", warning=warning)
         restart_needed = [
             name
             for name in ("listen", "icmp", "sinks")

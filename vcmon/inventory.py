@@ -24,9 +24,11 @@ from vcmon.config import (
     RESERVED_LABELS,
     TIMING_KEYS,
     EndpointSpec,
+    Unreadable,
     decode_text,
     field_messages,
     label_name,
+    read_file,
     tree_issues,
 )
 
@@ -219,11 +221,9 @@ def import_csv(path: str | Path) -> tuple[str, list[RowError]]:
     path = Path(path)
     name = str(path)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return "", [RowError(name, None, "file not found")]
-    except OSError as exc:
-        return "", [RowError(name, None, f"cannot read: {exc.strerror or exc}")]
+        raw = read_file(path, "a CSV file")  # a regular file of at most 16 MiB
+    except Unreadable as exc:
+        return "", [RowError(name, None, str(exc))]
     text, problem = decode_text(raw, name)
     if text is None:
         line = problem.line if problem else None
