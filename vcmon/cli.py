@@ -140,7 +140,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     scheme = "https" if web is not None and web.tls is not None else "http"
     out.print(f"listen: {scheme}://{config.listen}/metrics")
     for line in webauth.summary(config, web):
-        out.print(line, markup=False)
+        out.print(line, markup=False, soft_wrap=True)
     out.print("config OK")
     return EXIT_OK
 
