@@ -26,6 +26,8 @@ from vcmon.config import (
 from vcmon.text import slugify
 
 BAD = Path(__file__).parent / "bad_configs"
+UNSPECIFIED = "the unspecified address (it means 'any address' when listening, no host has it)"
+MULTICAST = "a multicast address (it names a group of hosts, not one endpoint)"
 
 ROOT = "{id: tinh, name: Trung tâm tỉnh, address: 127.0.0.1, district: Tỉnh, level: province}"
 
@@ -278,6 +280,63 @@ CORPUS: list[tuple[str, str]] = [
         "sinks-unknown-type.yaml",
         "{d}/sinks-unknown-type.yaml:3:5: sinks[1]: unknown type 'consol' "
         "(did you mean 'console'?)",
+    ),
+    # Files that would crash or exhaust a loader without limits (issue 11); the FIFO, device
+    # and symlink cases are made at test time in tests/test_config_hardening.py.
+    (
+        "alias-bomb.yaml",
+        "{d}/alias-bomb.yaml:2:41: aliases expand this file to more than 10,330 values "
+        "(expected at most 10 times the values written; is it an alias bomb?)",
+    ),
+    (
+        "merge-bomb.yaml",
+        "{d}/merge-bomb.yaml:2:21: aliases expand this file to more than 11,250 values "
+        "(expected at most 10 times the values written; is it an alias bomb?)",
+    ),
+    (
+        "deep-nesting.yaml",
+        "{d}/deep-nesting.yaml:2:75: nested more than 64 levels deep (expected at most 64 "
+        "levels of mappings and lists)",
+    ),
+    (
+        "template-width.yaml",
+        "{d}/template-width.yaml:3:5: alerts.templates: en.endpoint_down.summary: "
+        "{place:>1500000000}: width 1500000000 is too large (expected at most 200)",
+    ),
+    (
+        "addresses-never-an-endpoint.yaml",
+        "\n".join(
+            f"{{d}}/addresses-never-an-endpoint.yaml:{i + 2}:31: endpoints[{i}].address: "
+            f"'{address}' is {why}; expected the address of one endpoint, e.g. 127.0.0.1"
+            for i, (address, why) in enumerate(
+                [
+                    ("0.0.0.0", UNSPECIFIED),
+                    ("::", UNSPECIFIED),
+                    (
+                        "255.255.255.255",
+                        "the broadcast address (it reaches every host on the "
+                        "link, not one endpoint)",
+                    ),
+                    ("224.0.0.1", MULTICAST),
+                    ("ff02::1", MULTICAST),
+                ]
+            )
+        ),
+    ),
+    (
+        "include-dev-zero.yaml",
+        "{d}/include-dev-zero.yaml:1:12: inventory: /dev/zero is a character device, not a "
+        "regular file (expected a YAML file)",
+    ),
+    (
+        "huge-integer.yaml",
+        "{d}/huge-integer.yaml:1:19: defaults.count: cannot be read as int (write it in "
+        "quotes if it is meant as text)",
+    ),
+    (
+        "secret-as-number.yaml",  # the password itself is never shown
+        "{d}/secret-as-number.yaml:2:45: sinks[0].password: expected text, got a number "
+        "(write it in quotes)",
     ),
     (
         "sinks-webhook-secret-unset.yaml",
