@@ -16,6 +16,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
 
 from vcmon.httpserver import (
     HttpServer,
@@ -26,6 +27,7 @@ from vcmon.httpserver import (
     connection_cap,
     text,
 )
+from vcmon.metrics import HttpCollector
 
 
 async def _hello(request: Request) -> Response:
@@ -567,3 +569,23 @@ def test_fuzzed_requests_never_break_the_server(thread_server: _ThreadServer, da
     assert ok.startswith(b"HTTP/1.1 200 "), ok[:200]
     assert ok.endswith(b"hello x\n"), ok[:200]
     assert thread_server.loop_errors == []
+
+
+async def test_the_bounds_are_exported_as_metrics() -> None:
+    srv = await _bounded(Limits(max_connections=1, head_timeout=5))
+    try:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(HttpCollector(srv.stats))
+        held = await asyncio.open_connection("127.0.0.1", srv.port)
+        await _until(lambda: srv.open_connections == 1, 2, "one connection open")
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        await _read_all(reader)
+        writer.close()
+        exposition = generate_latest(registry).decode()
+        assert 'vcmon_http_connections_rejected_total{reason="limit"} 1.0' in exposition
+        assert 'vcmon_http_connections_rejected_total{reason="head_timeout"} 0.0' in exposition
+        assert "vcmon_http_connections_open 1.0" in exposition
+        assert "vcmon_http_accept_errors_total 0.0" in exposition
+        held[1].close()
+    finally:
+        await srv.close()

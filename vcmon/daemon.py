@@ -14,8 +14,9 @@ from vcmon.alerts.runtime import AlertRuntime
 from vcmon.api import Api, serve
 from vcmon.config import Config, ConfigError, load_config
 from vcmon.delivery import Delivery
+from vcmon.limits import raise_fd_limit
 from vcmon.logs import event
-from vcmon.metrics import AlertCollector, StoreCollector, build_registry
+from vcmon.metrics import AlertCollector, HttpCollector, StoreCollector, build_registry
 from vcmon.probes.base import Probe
 from vcmon.probes.icmp import IcmpEngine
 from vcmon.probes.registry import build_probes
@@ -66,6 +67,7 @@ class Daemon:
 
     async def run(self) -> None:
         """Run until stop() or SIGINT/SIGTERM; SIGHUP reloads the inventory."""
+        raise_fd_limit()
         loop = asyncio.get_running_loop()
         for sig, handler in ((signal.SIGINT, self.stop), (signal.SIGTERM, self.stop),
                              (signal.SIGHUP, self.reload)):  # fmt: skip
@@ -99,6 +101,7 @@ class Daemon:
                 }
                 api = Api(self.results, self.registry, info, alerts=self.alerts)
                 server = await serve(api, cfg.listen, web_config_path(cfg))
+                self.registry.register(HttpCollector(server.stats))
                 try:
                     event(log, logging.INFO, "started", version=__version__, listen=cfg.listen,
                           endpoints=len(self.results), icmp_mode=engine.mode)  # fmt: skip

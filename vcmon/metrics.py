@@ -208,6 +208,36 @@ class StoreCollector(Collector):
         )
 
 
+class HttpCollector(Collector):
+    """The HTTP server's bounds at work: refusals and drops by reason, open connections."""
+
+    def __init__(self, stats: Callable[[], tuple[Mapping[str, int], int]]) -> None:
+        self._stats = stats
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        counters, open_now = self._stats()
+        rejected = CounterMetricFamily(
+            "vcmon_http_connections_rejected",
+            "HTTP connections refused or dropped by a bound, by reason",
+            labels=("reason",),
+        )
+        for reason, count in counters.items():
+            if reason != "accept_error":
+                rejected.add_metric((reason,), count)
+        yield rejected
+        yield CounterMetricFamily(
+            "vcmon_http_accept_errors",
+            "Failed accept() calls on the listen socket (out of descriptors or memory)",
+            value=counters.get("accept_error", 0),
+        )
+        yield GaugeMetricFamily(
+            "vcmon_http_connections_open", "HTTP connections being served", value=open_now
+        )
+
+
 class SelfMetrics:
     """The daemon's own health series."""
 
