@@ -314,6 +314,8 @@ class AlertRuntime:
             raise
         self._tell_status(changes)
         self._written((changes,))
+        if not self.held:
+            self._store_recovered(self.clock.time())  # a write worked: nothing is owed
         return changes
 
     def status_doc(self, endpoint_id: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import os
 import secrets
 import sqlite3
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -334,6 +335,10 @@ def _prepare(db: sqlite3.Connection, path: Path) -> str:
             db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (secrets.token_hex(4),))
         if version < SCHEMA_VERSION:
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        # A file SQLite could only open read-only (a read-only mount, a file without write
+        # permission) fails here, at the start, not at the first decision.
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('opened_at', ?)",
+                   (repr(time.time()),))  # fmt: skip
         row = db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
         if row is None:
             raise StoreError(f"the state file {path} is not a usable vcmon database (no epoch)")
