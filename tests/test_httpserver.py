@@ -10,6 +10,7 @@ import re
 import resource
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
@@ -17,6 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from vcmon.httpserver import (
     HttpServer,
@@ -589,3 +592,30 @@ async def test_the_bounds_are_exported_as_metrics() -> None:
         held[1].close()
     finally:
         await srv.close()
+
+
+async def test_concurrent_scrapes_share_one_render() -> None:
+    from vcmon.api import Api
+    from vcmon.results import Results
+
+    renders = 0
+
+    class Slow(Collector):
+        def collect(self) -> Iterator[Metric]:
+            nonlocal renders
+            renders += 1
+            time.sleep(0.1)  # in the render thread: the scrapes below all arrive meanwhile
+            yield GaugeMetricFamily("slow", "a slow collector", value=1)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Slow())
+    api = Api(Results([]), registry, {})
+    get = Request("GET", "/metrics", {}, {})
+    replies = await asyncio.gather(*(api.metrics(get) for _ in range(20)))
+    expected = b"# HELP slow a slow collector\n# TYPE slow gauge\nslow 1.0\n"
+    assert {r.body for r in replies} == {expected}
+        b"# HELP slow a slow collector\n# TYPE slow gauge\nslow 1.0\n"
+    }
+    assert renders == 1
+    assert (await api.metrics(get)).status == 200  # a later scrape renders afresh
+    assert renders == 2

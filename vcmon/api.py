@@ -218,6 +218,7 @@ class Api:
         self._registry = registry
         self._info = info
         self.alert_runtime = alerts
+        self._renders: dict[Callable[[CollectorRegistry], bytes], asyncio.Future[bytes]] = {}
         # Who may do what; serve() sets it from the web config and the listen address.
         self.access = access
 
@@ -253,7 +254,14 @@ class Api:
     async def metrics(self, request: Request, who: Identity = ANONYMOUS_WRITER) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         # Rendering thousands of series takes a while; keep it off the loop that times probes.
-        body = await asyncio.to_thread(encoder, self._registry)
+        # Scrapes that arrive while a render is under way share it: a crowd of clients (or an
+        # attacker's hundreds) costs one render, not one each.
+        render = self._renders.get(encoder)
+        if render is None:
+            render = asyncio.ensure_future(asyncio.to_thread(encoder, self._registry))
+            self._renders[encoder] = render
+            render.add_done_callback(lambda _: self._renders.pop(encoder, None))
+        body = await asyncio.shield(render)  # a client that leaves does not cancel the others'
         return Response(200, body, content_type)
 
     async def healthy(self, request: Request, who: Identity = ANONYMOUS_WRITER) -> Response:
