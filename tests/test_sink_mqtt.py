@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,10 +25,10 @@ from pydantic import ValidationError
 
 from vcmon.alerts.model import AlertEvent, Kind, Measurements, Severity, Status, Target
 from vcmon.sinks.base import Retry
-from vcmon.sinks.mqtt import MqttSink, TokenBucket
+from vcmon.sinks.mqtt import AckSignatures, MqttSink, TokenBucket, sign_ack
 from vcmon.sinks.mqtt_config import MqttConfig
 
-from .mosquitto import HOST, Mosquitto, Proxy, missing
+from .mosquitto import HOST, OPENSSL, Mosquitto, Proxy, missing
 
 TARGET = Target("Cô Tô", "UBND huyện Cô Tô", "127.0.0.1", "Cô Tô", "district")
 WAIT = 10.0  # s: a deadline, not a delay; conditions are met in milliseconds
@@ -753,3 +754,108 @@ async def test_only_oncall_can_ack_through_the_shipped_acl(
                 await until("the next ack", lambda: "a4" in acks.ids())
         assert acks.ids() == ["a2", "a4"]
         assert sink.acks == {"accepted": 2, "retained": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Signed acks (a shared secret, for brokers without ACLs)
+
+KEY = b"a shared ack secret, 32 bytes.."
+NOW = 1_800_000_000
+
+
+def signed(alert_id: str = "a1", key: bytes = KEY, **payload: Any) -> dict[str, Any]:
+    doc = {"by": "lan", "ts": NOW, **payload}
+    return {**doc, "sig": sign_ack(key, alert_id, doc)}
+
+
+@pytest.mark.parametrize(
+    ("alert_id", "payload", "now", "refused"),
+    [
+        ("a1", signed(), NOW, None),
+        ("a1", signed(comment="Đổi thiết bị", duration="1h"), NOW + 300, None),
+        ("a1", signed(), NOW - 300, None),
+        ("a1", {"by": "lan", "ts": NOW}, NOW, "unsigned"),
+        ("a1", {**signed(), "ts": str(NOW)}, NOW, "whole seconds"),
+        ("a1", {**signed(), "ts": True}, NOW, "whole seconds"),
+        ("a1", signed(), NOW + 301, "beyond ±300 s"),
+        ("a1", signed(), NOW - 301, "beyond ±300 s"),
+        ("a1", {**signed(), "by": "mallory"}, NOW, "does not match"),  # changed after signing
+        ("b2", signed("a1"), NOW, "does not match"),  # another alert's ack
+        ("a1", signed(key=b"another secret, 32 bytes......."), NOW, "does not match"),
+        ("a1", {**signed(), "sig": "ü" * 64}, NOW, "does not match"),
+    ],
+)
+def test_ack_signatures(
+    alert_id: str, payload: dict[str, Any], now: float, refused: str | None
+) -> None:
+    reason = AckSignatures(KEY).check(alert_id, payload, now)
+    if refused is None:
+        assert reason is None
+    else:
+        assert reason is not None
+        assert refused in reason
+
+
+def test_a_signed_ack_is_taken_once() -> None:
+    signatures, ack = AckSignatures(KEY), signed()
+    assert signatures.check("a1", ack, NOW) is None
+    reason = signatures.check("a1", ack, NOW + 10)
+    assert reason is not None
+    assert "replayed" in reason
+    reason = signatures.check("a1", ack, NOW + 400)  # remembered no longer, but too old
+    assert reason is not None
+    assert "beyond" in reason
+
+
+def test_the_signature_is_what_openssl_makes_from_the_documented_form() -> None:
+    if OPENSSL is None:
+        pytest.skip("openssl is missing")
+    ack = signed(comment="Đổi thiết bị")
+    body = f'{{"by":"lan","comment":"Đổi thiết bị","ts":{NOW}}}'
+    done = subprocess.run(
+        [OPENSSL, "dgst", "-sha256", "-hmac", KEY.decode(), "-hex"],
+        input=f"vcmon-ack-v1\na1\n{body}".encode(), capture_output=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.decode().split()[-1] == ack["sig"]
+
+
+def test_ack_secret_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("VCMON_TEST_ACK_KEY", raising=False)
+    with pytest.raises(ValidationError, match="VCMON_TEST_ACK_KEY is unset"):
+        MqttConfig(ack_secret_env="VCMON_TEST_ACK_KEY")
+    monkeypatch.setenv("VCMON_TEST_ACK_KEY", "short-Pl4nted")
+    with pytest.raises(ValidationError, match="holds 13 bytes, at least 16") as info:
+        MqttConfig(ack_secret_env="VCMON_TEST_ACK_KEY")
+    assert "Pl4nted" not in str(info.value)
+    monkeypatch.setenv("VCMON_TEST_ACK_KEY", KEY.decode())
+    assert MqttConfig(ack_secret_env="VCMON_TEST_ACK_KEY").ack_secret == KEY
+    key_file = tmp_path / "ack.key"
+    key_file.write_text(KEY.decode() + "\n", encoding="utf-8")
+    assert MqttConfig(ack_secret_file=str(key_file)).ack_secret == KEY
+    with pytest.raises(ValidationError, match="not both"):
+        MqttConfig(ack_secret_file=str(key_file), ack_secret_env="VCMON_TEST_ACK_KEY")
+    assert MqttConfig().ack_secret is None
+
+
+async def test_with_a_secret_only_signed_acks_are_taken(
+    broker: Mosquitto,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("VCMON_TEST_ACK_KEY", KEY.decode())
+    config = MqttConfig(port=broker.port, ack_secret_env="VCMON_TEST_ACK_KEY")
+    sink = MqttSink(config, "lab", wall=lambda: NOW + 1)
+    acks = Acks()
+    try:
+        await sink.subscribe_acks(acks)
+        await sink.start()
+        async with aiomqtt.Client(HOST, broker.port) as operator:
+            good = json.dumps(signed("a2")).encode()
+            for alert_id, payload in (("a1", b'{"by": "lan"}'), ("a2", good), ("a2", good)):
+                await operator.publish(f"vcmon/ack/{alert_id}", payload, qos=1)
+            await until("every ack counted", lambda: sum(sink.acks.values()) == 3)
+    finally:
+        await sink.close()
+    assert acks.got == [("a2", {"by": "lan", "ts": NOW})]  # the sig is not passed on
+    assert sink.acks == {"accepted": 1, "bad_signature": 2}  # unsigned, then the replay
+    assert logged(caplog, "ack_bad_signature") == 2

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import random
@@ -62,6 +64,52 @@ ACK_RESULTS: Final = (
 # What the ack callback may answer; anything else (None included) counts as accepted.
 _CALLBACK_RESULTS: Final = frozenset({"accepted", "invalid", "unknown_alert", "not_stored"})
 MAX_ACK_BYTES: Final = 4096  # an ack is a few fields; more is not an ack
+
+
+ACK_SIG_WINDOW: Final = 300.0  # s: a signed ack's ts may be this far from our clock
+ACK_SIG_REMEMBERED: Final = 10_000  # signatures kept to refuse replays (acks are rate-limited)
+
+
+def ack_message(alert_id: str, payload: Mapping[str, Any]) -> bytes:
+    """What an ack's signature covers: ``vcmon-ack-v1``, the alert id of its topic and the
+    payload without ``sig`` as compact JSON with sorted keys, one per line."""
+    body = {k: v for k, v in payload.items() if k != "sig"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"vcmon-ack-v1\n{alert_id}\n{text}".encode()
+
+
+def sign_ack(key: bytes, alert_id: str, payload: Mapping[str, Any]) -> str:
+    """The ``sig`` of an ack: HMAC-SHA256 of ``ack_message``, in lower-case hex."""
+    return hmac.new(key, ack_message(alert_id, payload), hashlib.sha256).hexdigest()
+
+
+class AckSignatures:
+    """Checks signed acks: a ``ts`` within ``ACK_SIG_WINDOW`` of now, a matching ``sig``, and
+    no signature seen before within the window (a replay)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._seen: dict[str, float] = {}  # sig → its ts
+
+    def check(self, alert_id: str, payload: Mapping[str, Any], now: float) -> str | None:
+        """Why the ack is refused, or None when it is good (its signature is remembered)."""
+        sig, ts = payload.get("sig"), payload.get("ts")
+        if not isinstance(sig, str):
+            return "unsigned: sig is missing"
+        if not isinstance(ts, int) or isinstance(ts, bool):
+            return "ts: expected whole seconds since the epoch"
+        if abs(now - ts) > ACK_SIG_WINDOW:
+            return f"ts is {ts - now:+.0f} s from this host's clock, beyond ±{ACK_SIG_WINDOW:g} s"
+        expected = sign_ack(self._key, alert_id, payload)
+        if not hmac.compare_digest(sig.encode(), expected.encode()):
+            return "sig does not match"
+        self._seen = {s: t for s, t in self._seen.items() if abs(now - t) <= ACK_SIG_WINDOW}
+        if sig in self._seen:
+            return "replayed: this signature was used already"
+        if len(self._seen) >= ACK_SIG_REMEMBERED:
+            return "too many signed acks in the window to tell a replay"  # fail closed
+        self._seen[sig] = ts
+        return None
 
 
 class TokenBucket:
@@ -126,7 +174,9 @@ class _Link:
 class MqttSink:
     """Publishes events, the active set, status docs and the monitor's presence."""
 
-    def __init__(self, config: MqttConfig, instance: str) -> None:
+    def __init__(
+        self, config: MqttConfig, instance: str, wall: Callable[[], float] = time.time
+    ) -> None:
         self.name = config.name
         self.config = config
         self.instance = instance
@@ -152,6 +202,9 @@ class MqttSink:
         )
         self._ack_limited = 0  # acks dropped in the current rate-limited run (0: none)
         self._retained_logged = False
+        self._wall = wall  # for signed acks' ts
+        key = config.ack_secret
+        self._signatures = AckSignatures(key) if key is not None else None
         self._clearing: set[asyncio.Task[None]] = set()
 
     @property
@@ -472,6 +525,14 @@ class MqttSink:
         if payload is None:
             self._count("invalid")
             return
+        if self._signatures is not None:
+            refused = self._signatures.check(alert_id, payload, self._wall())
+            if refused is not None:
+                self._count("bad_signature")
+                log_event(log, logging.WARNING, "ack_bad_signature", sink=self.name,
+                          alert_id=alert_id, detail=refused)  # fmt: skip
+                return
+            payload = {k: v for k, v in payload.items() if k != "sig"}
         try:
             result = callback(alert_id, payload)
         except Exception as exc:  # one bad ack must not stop the connection's reader

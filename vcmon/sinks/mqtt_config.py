@@ -21,6 +21,8 @@ from pydantic import (
 from vcmon.alerts.policy import Matchers
 from vcmon.fields import PositiveSeconds, not_bool, positive_seconds
 
+MIN_ACK_SECRET = 16  # bytes: a shared secret shorter than this is guessable
+
 
 def _port(value: int) -> int:
     if not 1 <= value <= 65535:
@@ -143,8 +145,13 @@ class MqttConfig(BaseModel):
     # Acks taken from the broker: a token bucket, so a flood cannot drive the alert store.
     ack_per_minute: Annotated[float, BeforeValidator(not_bool), AfterValidator(_per_minute)] = 10.0
     ack_burst: Annotated[int, BeforeValidator(not_bool), AfterValidator(_burst)] = 20
+    # A shared secret acks must be signed with (for brokers without ACLs): only from the
+    # environment or a file, so that it is never in the config itself.
+    ack_secret_env: str | None = None
+    ack_secret_file: str | None = None
 
     _secret: str | None = PrivateAttr(default=None)
+    _ack_secret: bytes | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _resolve(self) -> MqttConfig:
@@ -173,9 +180,43 @@ class MqttConfig(BaseModel):
                     f"password_file: cannot read {self.password_file}: {reason}"
                 ) from None
             self._secret = text.rstrip("\r\n")
+        self._ack_secret = self._read_ack_secret()
         return self
+
+    def _read_ack_secret(self) -> bytes | None:
+        if self.ack_secret_env is not None and self.ack_secret_file is not None:
+            raise ValueError("give one of ack_secret_env, ack_secret_file, not both")
+        value: str | None = None
+        if self.ack_secret_env is not None:
+            value = os.environ.get(self.ack_secret_env)
+            if value is None:
+                raise ValueError(
+                    f"ack_secret_env: environment variable {self.ack_secret_env} is unset"
+                )
+            where = f"ack_secret_env: {self.ack_secret_env}"
+        elif self.ack_secret_file is not None:
+            try:
+                value = Path(self.ack_secret_file).read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                raise ValueError(
+                    f"ack_secret_file: cannot read {self.ack_secret_file}: {reason}"
+                ) from None
+            where = f"ack_secret_file: {self.ack_secret_file}"
+        if value is None:
+            return None
+        if len(value.encode()) < MIN_ACK_SECRET:
+            # The length only, never the value.
+            raise ValueError(f"{where} holds {len(value.encode())} bytes, at least "
+                             f"{MIN_ACK_SECRET} are needed")  # fmt: skip
+        return value.encode()
 
     @property
     def secret(self) -> str | None:
         """The password, wherever it came from."""
         return self._secret
+
+    @property
+    def ack_secret(self) -> bytes | None:
+        """The key acks are signed with, None when they need no signature."""
+        return self._ack_secret
