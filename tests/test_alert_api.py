@@ -381,3 +381,91 @@ def test_durations(text: object, seconds: float) -> None:
 def test_bad_durations(text: object) -> None:
     with pytest.raises(BadInput, match=r"^duration: "):
         parse_duration(text)
+
+
+# --- edge checks: every field at the API's edge -------------------------------------------------
+
+
+def _with(*fields: str) -> bytes:
+    """A good silence as raw JSON with ``fields`` (raw JSON members) put over its own: a later
+    member wins, and escapes such as \\ud800 reach the server as a hostile client sends them."""
+    good = '"matchers": {"district": "X"}, "duration": "1h", "created_by": "a", "comment": "c"'
+    return ("{" + ", ".join((good, *fields)) + "}").encode()
+
+
+_NINES = "9" * 400
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "error"),
+    [
+        ("/api/v1/silences", _with('"comment": "\\ud800"'),
+         "comment: expected valid Unicode text, got a lone surrogate"),
+        ("/api/v1/silences", _with('"matchers": {"district": "\\udfff"}'),
+         "matchers.district: expected valid Unicode text"),
+        ("/api/v1/silences", _with('"starts_at": "9999-12-31T23:00:00Z"'),
+         "starts_at: expected a time from a day ago"),
+        ("/api/v1/silences", _with('"starts_at": "0001-01-01T00:00:00+01:00"'), "starts_at: "),
+        ("/api/v1/silences", _with(f'"duration": "{_NINES}s"'), "duration: expected"),
+        ("/api/v1/silences", _with(f'"duration": {_NINES}'),
+         "duration: expected more than 0 and at most 30 days, got a number of 400 digits"),
+        ("/api/v1/silences", b"[" * 100_000 + b"]" * 100_000, "body: expected a JSON object of"),
+        ("/api/v1/silences", b'{"matchers": ' + b"[" * 40 + b"]" * 40 + b"}",
+         "body: expected a JSON object nested at most 32 deep"),
+        ("/api/v1/silences", _with('"comment": "' + "x" * 2048 + '"'),
+         "comment: expected at most 1024 bytes of text, got 2048"),
+        ("/api/v1/silences", _with('"created_by": "a\\u0007"'),
+         "created_by: expected text without control characters"),
+        ("/api/v1/silences", b'{"comment": "\xff"}', "body: expected a JSON object"),
+        ("/api/v1/alerts/abc/ack", b'{"by": "Lan", "comment": "\\ud800"}',
+         "comment: expected valid Unicode text"),
+        ("/api/v1/alerts/abc/ack", b'{"by": "Lan", "duration": "' + b"1" * 400 + b'd"}',
+         "duration: expected"),
+        ("/api/v1/alerts/" + "a" * 300 + "/ack", b'{"by": "Lan"}', "id: expected at most 128"),
+    ],
+)  # fmt: skip
+async def test_edge_checks_name_the_field(env: Env, path: str, body: bytes, error: str) -> None:
+    async with httpx.AsyncClient(base_url=env.url, timeout=5) as http:
+        resp = await http.post(path, content=body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"].startswith(error), resp.json()
+    assert (await env.call("GET", "/api/v1/silences?expired=1")).json()["silences"] == []
+
+
+async def test_a_comment_may_hold_lines(env: Env) -> None:
+    silence = await env.silence(comment="đổi thiết bị\nrồi kiểm tra\tlại")
+    assert silence["comment"] == "đổi thiết bị\nrồi kiểm tra\tlại"
+
+
+@pytest.mark.parametrize("query", ["district=" + "x" * 300, "state=%07", "since=" + "9" * 400])
+async def test_edge_checks_of_queries(env: Env, query: str) -> None:
+    resp = await env.call("GET", f"/api/v1/alerts?{query}")
+    assert resp.status_code == 400
+    assert resp.json()["error"].startswith(query.split("=")[0] + ": ")
+
+
+async def test_a_stored_silence_out_of_range_cannot_break_a_listing(env: Env) -> None:
+    from vcmon.alerts.policy import Matchers
+
+    # Written before the API checked times: it must list, not answer 500.
+    env.runtime.add_silence(Matchers(district="X"), 1e13, "old", "from before the checks")
+    resp = await env.call("GET", "/api/v1/silences")
+    assert resp.status_code == 200
+    (silence,) = resp.json()["silences"]
+    assert (silence["created_by"], silence["ends_at"]) == ("old", None)
+
+
+async def test_a_write_the_state_file_refuses_is_503_and_changes_nothing(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vcmon.alerts.store import StoreError
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(env.runtime, "add_silence", refuse)
+    resp = await env.call("POST", "/api/v1/silences", {**_OK})
+    assert resp.status_code == 503
+    assert resp.json()["error"] == (
+        "the state file could not be written; nothing was changed: disk full"
+    )
