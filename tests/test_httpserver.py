@@ -567,7 +567,8 @@ def thread_server() -> Iterator[_ThreadServer]:
 @given(data=st.one_of(_mutated(), st.binary(max_size=3000)))
 def test_fuzzed_requests_never_break_the_server(thread_server: _ThreadServer, data: bytes) -> None:
     reply = thread_server.exchange(data)
-    assert not re.search(rb"HTTP/1\.[01] 5\d\d ", reply), reply[:200]
+    # 501 (an unknown transfer coding) is an answer; 500 and the like would be a failure.
+    assert not re.search(rb"HTTP/1\.[01] 5(0[02-9]|[1-9]\d) ", reply), reply[:200]
     ok = thread_server.exchange(VALID[0])
     assert ok.startswith(b"HTTP/1.1 200 "), ok[:200]
     assert ok.endswith(b"hello x\n"), ok[:200]
