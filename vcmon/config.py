@@ -933,6 +933,15 @@ def _parse_with_fallback(text: str, source: _Source, env: Mapping[str, str]) -> 
     for loader_class in _LOADERS[:-1]:
         try:
             return _build(loader_class, text, source, env)
+        except yaml.MarkedYAMLError as exc:
+            # libyaml reads ahead and stops at 1,000 levels, before the composer sees 64;
+            # the pure-Python parser would take long to find the same.
+            if "maximum nesting depth" in str(exc.problem):
+                raise _too_deep(exc.problem_mark) from None
+            source.values.clear()
+            source.keys.clear()
+            source.text.clear()
+            source.reported.clear()
         except yaml.YAMLError:
             source.values.clear()
             source.keys.clear()
@@ -1576,9 +1585,11 @@ def _load_config(path: Path, env: Mapping[str, str], sources: list[_Source]) -> 
 
 def _address_key(address: str) -> str:
     try:
-        return ipaddress.ip_address(address).compressed  # '::0:1' and '::1' are one address
+        ip = ipaddress.ip_address(address)  # '::0:1' and '::1' are one address
     except ValueError:
         return address.lower().rstrip(".")
+    mapped = getattr(ip, "ipv4_mapped", None)  # '::ffff:127.0.0.1' is 127.0.0.1
+    return (mapped or ip).compressed
 
 
 def _duplicate_addresses(entries: Sequence[_Entry]) -> list[str]:
