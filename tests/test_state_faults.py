@@ -419,3 +419,76 @@ def test_state_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
         assert set(modes.values()) == {0o600}, modes
     finally:
         os.umask(old)
+
+
+# -- the real daemon -------------------------------------------------------------------------
+
+
+def test_the_daemon_starts_on_a_read_only_state_directory_and_recovers(
+    tmp_path: Path, require_root: None
+) -> None:
+    import sys
+
+    import httpx
+
+    from tests.helpers import free_port, wait_for
+
+    port = free_port()
+    state = tmp_path / "state"
+    state.mkdir()
+    config = tmp_path / "vcmon.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\n"
+        "defaults: {interval: 1.0, count: 2, spacing: 0.05, timeout: 0.5}\n"
+        f"alerts: {{state_file: {state / 's.db'}}}\n"
+        "sinks:\n  - {type: console}\n"
+        "endpoints:\n  - {id: a, name: A, address: 127.0.0.1, district: D, level: commune}\n",
+        encoding="utf-8",
+    )
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "daemon.log"
+
+    def log() -> str:
+        return log_path.read_text(encoding="utf-8", errors="replace")
+
+    def metric(name: str) -> float:
+        for line in httpx.get(base + "/metrics", timeout=5).text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"{name} missing")
+
+    with _read_only(state), log_path.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vcmon", "run", "-c", str(config)], stdout=out, stderr=out
+        )
+    try:
+        with _read_only(state):
+            ready = wait_for(
+                lambda: (r := httpx.get(base + "/-/ready", timeout=5)).status_code == 503
+                and "state store is failing" in r.text and r,
+                15, "ready saying the state store fails",
+            )  # fmt: skip
+            assert "read-only" in ready.text
+            doc = httpx.get(base + "/api/v1/status", timeout=5).json()["state_store"]
+            assert doc["ok"] is False
+            assert "cannot create the state file" in doc["error"]
+            assert metric("vcmon_state_store_ok") == 0.0
+            assert metric("vcmon_state_store_write_failures_total") >= 1
+            wait_for(lambda: metric("vcmon_state_store_pending_changes") >= 1, 10, "held")
+            # Probing goes on, and the console got the alert the file could not take.
+            wait_for(lambda: metric('vcmon_rounds_total{district="D",endpoint="a",level="commune",probe="icmp"}') >= 2, 10, "rounds")  # fmt: skip
+            wait_for(lambda: "FIRING   critical state_store_failing" in log(), 10, "console")
+            assert proc.poll() is None
+        wait_for(lambda: httpx.get(base + "/-/ready", timeout=5).status_code == 200, 15, "ready")
+        doc = httpx.get(base + "/api/v1/status", timeout=5).json()["state_store"]
+        assert doc == doc | {"ok": True, "error": None, "pending_changes": 0}
+        wait_for(lambda: "RESOLVED critical state_store_failing" in log(), 10, "resolve")
+        assert log().count("FIRING   critical state_store_failing") == 1  # not again from the log
+        assert "event=state_store_recovered" in log()
+        assert "Traceback" not in log()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    with Store.open(state / "s.db") as store:
+        kinds = [(d["kind"], d["status"]) for d in store.events(0)]
+    assert kinds == [("state_store_failing", "firing"), ("state_store_failing", "resolved")]

@@ -159,8 +159,10 @@ class Dispatcher:
         name = self.sink.name
         stored = self.store.cursor(name)
         if stored is None:
-            # A new sink starts with what happens from now on, not years of history.
-            stored = self.store.last_seq()
+            # A new sink starts with what happens from now on, not years of history; after a
+            # wait for a file that could not be opened, from when it opened (what was decided
+            # meanwhile, held and then written, is for this sink too).
+            stored = self.store.opened_seq if self.store_error else self.store.last_seq()
             self.store.advance(name, stored)
         self._position = self._fed = self._saved = stored
 

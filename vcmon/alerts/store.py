@@ -470,6 +470,7 @@ class Store:
         self._conn = db
         self._why = f"the state file {path} is not open"
         self.write_failures = 0  # failed write transactions and failed opens
+        self.opened_seq = 0  # seq of the newest event when the file was opened
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -486,6 +487,7 @@ class Store:
         """A store not open yet, because of ``why``; ``reopen`` tries again."""
         store = cls(Path(path))
         store._why = str(why)
+        store.write_failures = 1  # the attempt that failed
         return store
 
     @property
@@ -503,6 +505,7 @@ class Store:
             self._why = str(exc)
             self.write_failures += 1
             raise
+        self.opened_seq = self.last_seq()
 
     def unopen(self, why: StoreError) -> None:
         """Close, and be an unopened store again (one whose contents could not be used)."""
