@@ -463,11 +463,12 @@ def test_the_daemon_starts_on_a_read_only_state_directory_and_recovers(
         )
     try:
         with _read_only(state):
-            ready = wait_for(
-                lambda: (r := httpx.get(base + "/-/ready", timeout=5)).status_code == 503
-                and "state store is failing" in r.text and r,
-                15, "ready saying the state store fails",
-            )  # fmt: skip
+
+            def failing() -> httpx.Response | None:
+                r = httpx.get(base + "/-/ready", timeout=5)
+                return r if r.status_code == 503 and "state store is failing" in r.text else None
+
+            ready = wait_for(failing, 15, "ready saying the state store fails")
             assert "read-only" in ready.text
             doc = httpx.get(base + "/api/v1/status", timeout=5).json()["state_store"]
             assert doc["ok"] is False
@@ -476,7 +477,8 @@ def test_the_daemon_starts_on_a_read_only_state_directory_and_recovers(
             assert metric("vcmon_state_store_write_failures_total") >= 1
             wait_for(lambda: metric("vcmon_state_store_pending_changes") >= 1, 10, "held")
             # Probing goes on, and the console got the alert the file could not take.
-            wait_for(lambda: metric('vcmon_rounds_total{district="D",endpoint="a",level="commune",probe="icmp"}') >= 2, 10, "rounds")  # fmt: skip
+            rounds = 'vcmon_rounds_total{district="D",endpoint="a",level="commune",probe="icmp"}'
+            wait_for(lambda: metric(rounds) >= 2, 10, "rounds")
             wait_for(lambda: "FIRING   critical state_store_failing" in log(), 10, "console")
             assert proc.poll() is None
         wait_for(lambda: httpx.get(base + "/-/ready", timeout=5).status_code == 200, 15, "ready")
