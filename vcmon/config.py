@@ -1174,8 +1174,8 @@ def _explain(
         return str(ctx.get("error", err["msg"]))
     if kind == "string_type":
         quote = f' (write it in quotes: "{written}")' if written and value is not None else ""
-        if secret and value is not None:
-            quote = " (write it in quotes)"
+        if secret:
+            quote = " (write it in quotes)" if isinstance(value, int | float) else ""
         return f"expected text, got {got}{quote}"
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"expected a whole number, got {got}"
