@@ -4,6 +4,7 @@ basic_auth and tls_config. Every address is loopback (a 0.0.0.0 listen is reache
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hashlib
 import os
@@ -87,6 +88,7 @@ class Daemon:
     runtime: AlertRuntime
     access: Access
     clock: Clock
+    results: Results
 
     async def call(self, method: str, path: str, body: Any = None, *,
                    auth: Any = None, headers: dict[str, str] | None = None,
@@ -125,10 +127,11 @@ async def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
         access = Access(web_config, config.listen, clock=clock)
         registry = CollectorRegistry()
         Gauge("vcmon_test_up", "a series to scrape", registry=registry).set(1)
-        api = Api(Results(config.endpoints), registry, {}, alerts=runtime, access=access)
+        results = Results(config.endpoints)
+        api = Api(results, registry, {}, alerts=runtime, access=access)
         server = await serve(api, config.listen, webauth.web_config_path(config))
         opened.append((server, runtime))
-        return Daemon(f"{scheme}://127.0.0.1:{port}", server, runtime, access, clock)
+        return Daemon(f"{scheme}://127.0.0.1:{port}", server, runtime, access, clock, results)
 
     yield run
     for server, runtime in opened:
@@ -193,6 +196,25 @@ async def test_the_authenticated_name_is_recorded(start: Start) -> None:
     assert other.status_code == 400
     assert other.json()["error"].startswith("created_by: this request is authenticated as 'lan'")
     assert [s.created_by for s in daemon.runtime.silences()] == ["lan", "lan"]
+
+
+async def test_an_ack_records_the_authenticated_name(start: Start) -> None:
+    from vcmon.stats import Observation
+
+    daemon = await start(web_doc())
+    rec = daemon.results["x"]
+    for i in range(3):  # three unanswered rounds: x is down
+        obs = Observation(daemon.runtime.clock.time() + 10 * i, 5, 0, ())
+        rec.record(obs)
+        daemon.runtime.on_round(rec, obs)
+    (alert,) = daemon.runtime.alerts()
+    path = f"/api/v1/alerts/{alert.alert_id}/ack"
+    resp = await daemon.call("POST", path, {"comment": "đang xử lý"}, auth=_LAN)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["acknowledged"]["by"] == "lan"
+    resp = await daemon.call("POST", path, {"by": "Hùng"}, auth=_LAN)
+    assert resp.status_code == 400
+    assert resp.json()["error"].startswith("by: this request is authenticated as 'lan'")
 
 
 async def test_bearer_tokens(start: Start) -> None:
@@ -589,3 +611,77 @@ async def _until(check: Callable[[], Awaitable[bool]], within: float, what: str)
     while not await check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.2)  # polling a condition, with a deadline
+
+
+# --- the CLI's credentials ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "file", "expected"),
+    [
+        ({}, None, None),
+        ({"VCMON_TOKEN": TOKEN}, None, f"Bearer {TOKEN}"),
+        ({"VCMON_USER": "lan", "VCMON_PASSWORD": "a:b"}, None, _basic("lan", "a:b")),
+        ({"VCMON_TOKEN": TOKEN}, "lan:pw\n", _basic("lan", "pw")),  # the file first
+        ({}, f"{TOKEN}\n", f"Bearer {TOKEN}"),
+    ],
+)
+def test_cli_credentials(
+    tmp_path: Path, env: dict[str, str], file: str | None, expected: str | None
+) -> None:
+    from vcmon.silence_cli import credentials
+
+    path = None
+    if file is not None:
+        path = tmp_path / "creds"
+        path.write_text(file, encoding="utf-8")
+    args = argparse.Namespace(credentials_file=path, ca_file=None)
+    assert credentials(args, env).authorization == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "file", "error"),
+    [
+        ({"VCMON_USER": "lan"}, None, "set both VCMON_USER and VCMON_PASSWORD"),
+        ({}, "missing", "No such file"),
+        ({}, "two\nlines", "expected one line"),
+    ],
+)
+def test_cli_credentials_refused(
+    tmp_path: Path, env: dict[str, str], file: str | None, error: str
+) -> None:
+    from vcmon.silence_cli import CommandError, credentials
+
+    path = None
+    if file is not None:
+        path = tmp_path / "creds"
+        if file != "missing":
+            path.write_text(file, encoding="utf-8")
+    with pytest.raises(CommandError, match=error) as err:
+        credentials(argparse.Namespace(credentials_file=path, ca_file=None), env)
+    assert err.value.code == 2
+
+
+async def test_cli_writes_over_https_as_the_token_s_name(
+    start: Start, pki: Pki, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon = await start(web_doc(tls_server_config=_tls(pki, False)), scheme="https")
+    base = ["--url", daemon.url.replace("127.0.0.1", "localhost"), "--ca-file", str(pki.ca)]
+    add = ["silence", "add", *base, "--district", "Hạ Long", "--duration", "1h",
+           "--comment", "đổi thiết bị"]  # fmt: skip
+    assert await asyncio.to_thread(cli.main, add) == 1
+    assert "wants credentials" in capsys.readouterr().err
+    monkeypatch.setenv("VCMON_TOKEN", TOKEN)
+    assert await asyncio.to_thread(cli.main, add) == 0
+    silence_id = capsys.readouterr().out.strip()
+    assert [(s.id, s.created_by) for s in daemon.runtime.silences()] == [(silence_id, "backup")]
+    ack = ["alerts", "ack", *base, "nope", "--comment", "đang xử lý"]
+    assert await asyncio.to_thread(cli.main, ack) == 1
+    assert "no open alert nope" in capsys.readouterr().err
+    monkeypatch.setenv("VCMON_TOKEN", READ_TOKEN)
+    expire = ["silence", "expire", *base, silence_id]
+    assert await asyncio.to_thread(cli.main, expire) == 1
+    assert "may only read" in capsys.readouterr().err
+    listing = ["silence", "list", *base, "--json"]
+    assert await asyncio.to_thread(cli.main, listing) == 0
+    assert silence_id in capsys.readouterr().out

@@ -1,5 +1,9 @@
-"""`vcmon silence add|list|expire` and `vcmon alerts list`: the daemon's alerts API from the
-command line. Asking and shaping is here; drawing is cli.py's (the only rich user)."""
+"""`vcmon silence add|list|expire` and `vcmon alerts list|ack`: the daemon's alerts API from the
+command line. Asking and shaping is here; drawing is cli.py's (the only rich user).
+
+Credentials never come from argv alone: $VCMON_TOKEN, or $VCMON_USER and $VCMON_PASSWORD, or
+a file (--credentials-file / $VCMON_CREDENTIALS_FILE) holding ``user:password`` or a token.
+An https daemon's CA: --ca-file / $VCMON_CA_FILE."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import argparse
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -64,6 +68,15 @@ def add_daemon_options(p: argparse.ArgumentParser) -> None:
         help=f"config file of the daemon, for its listen address ({DEFAULT_CONFIG})",
     )
     where.add_argument("--url", help="the daemon's base URL, e.g. http://127.0.0.1:9231")
+    p.add_argument(
+        "--credentials-file",
+        metavar="FILE",
+        help="a file holding user:password or a token ($VCMON_CREDENTIALS_FILE; else "
+        "$VCMON_TOKEN, or $VCMON_USER and $VCMON_PASSWORD)",
+    )
+    p.add_argument(
+        "--ca-file", metavar="FILE", help="CA of an https daemon's certificate ($VCMON_CA_FILE)"
+    )
 
 
 def add_parsers(
@@ -88,6 +101,14 @@ def add_parsers(
     al_list.add_argument("--json", action="store_true", help="the API's JSON")
     al_list.set_defaults(func=handler, run=alerts_list)
 
+    al_ack = alerts_sub.add_parser("ack", help="acknowledge an open alert (`vcmon alerts list`)")
+    add_daemon_options(al_ack)
+    al_ack.add_argument("alert_id", help="the alert's id (`vcmon alerts list --json`)")
+    al_ack.add_argument("--comment", default="", help="what is being done (shown to everyone)")
+    al_ack.add_argument("--duration", help="for how long: 90s, 15m, 2h, 1d (default: while open)")
+    al_ack.add_argument("--author", help="who, on a daemon without authentication ($USER)")
+    al_ack.set_defaults(func=handler, run=alerts_ack)
+
     sil = sub.add_parser("silence", help="mute alerts for a while (through the daemon's API)")
     sil_sub = sil.add_subparsers(dest="silence_command", required=True)
     add = sil_sub.add_parser("add", help="create a silence; prints its id")
@@ -99,7 +120,7 @@ def add_parsers(
     )
     add.add_argument("--duration", required=True, help="how long: 90s, 15m, 2h, 1d, 1h30m")
     add.add_argument("--comment", required=True, help="why (shown to everyone)")
-    add.add_argument("--author", help="who ($USER)")
+    add.add_argument("--author", help="who, on a daemon without authentication ($USER)")
     add.set_defaults(func=handler, run=silence_add)
 
     ls = sil_sub.add_parser("list", help="silences in force (--expired: also ended ones)")
@@ -139,16 +160,87 @@ def daemon_url(args: argparse.Namespace) -> str:
     host, port = split_listen(config.listen)
     # A daemon listening on every address is reached on loopback.
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if _web_tls(config) else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def call(url: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    """One API request; CommandError when the daemon is not there or refuses."""
-    import httpx  # not at the top: the other commands would pay for loading it
+def _web_tls(config: Any) -> bool:
+    from vcmon.config import ConfigError
+    from vcmon.webauth import load_for
 
     try:
-        with httpx.Client(timeout=TIMEOUT) as http:
-            resp = http.request(method, url + path, json=body)
+        web = load_for(config)
+    except ConfigError:
+        return False  # the daemon refuses it too; plain http will say it is not there
+    return web is not None and web.tls is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """How this command proves who it is: an Authorization header value, or nothing."""
+
+    authorization: str | None = None
+    ca_file: str | None = None
+
+    @property
+    def present(self) -> bool:
+        """True when credentials were given."""
+        return self.authorization is not None
+
+
+def credentials(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Credentials:
+    """Credentials from --credentials-file / $VCMON_CREDENTIALS_FILE, $VCMON_TOKEN, or
+    $VCMON_USER and $VCMON_PASSWORD (in this order); never from the command line itself."""
+    import base64
+
+    env = os.environ if env is None else env
+    ca_file = getattr(args, "ca_file", None) or env.get("VCMON_CA_FILE") or None
+    path = getattr(args, "credentials_file", None) or env.get("VCMON_CREDENTIALS_FILE")
+    secret: str | None = None
+    if path:
+        try:
+            secret = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            raise CommandError(f"credentials file {path}: {why}", EXIT_USAGE) from None
+        if not secret or "\n" in secret:
+            raise CommandError(
+                f"credentials file {path}: expected one line, user:password or a token",
+                EXIT_USAGE,
+            )
+    elif env.get("VCMON_TOKEN"):
+        secret = env["VCMON_TOKEN"].strip()
+    elif env.get("VCMON_USER") or env.get("VCMON_PASSWORD"):
+        if not (env.get("VCMON_USER") and env.get("VCMON_PASSWORD")):
+            raise CommandError("set both VCMON_USER and VCMON_PASSWORD", EXIT_USAGE)
+        secret = f"{env['VCMON_USER']}:{env['VCMON_PASSWORD']}"
+    if secret is None:
+        return Credentials(None, ca_file)
+    if ":" in secret:
+        basic = base64.b64encode(secret.encode("utf-8")).decode("ascii")
+        return Credentials(f"Basic {basic}", ca_file)
+    return Credentials(f"Bearer {secret}", ca_file)
+
+
+def call(
+    url: str, method: str, path: str, body: Any = None, creds: Credentials | None = None
+) -> dict[str, Any]:
+    """One API request; CommandError when the daemon is not there or refuses."""
+    import ssl
+
+    import httpx  # not at the top: the other commands would pay for loading it
+
+    creds = creds or Credentials()
+    headers = {"Authorization": creds.authorization} if creds.authorization else {}
+    verify: ssl.SSLContext | bool = True
+    if creds.ca_file:
+        try:
+            verify = ssl.create_default_context(cafile=creds.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise CommandError(f"--ca-file {creds.ca_file}: {exc}", EXIT_USAGE) from None
+    try:
+        with httpx.Client(timeout=TIMEOUT, verify=verify) as http:
+            resp = http.request(method, url + path, json=body, headers=headers)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise CommandError(
             f"cannot reach vcmon at {url}: {exc or type(exc).__name__}; is the daemon running?"
@@ -156,6 +248,9 @@ def call(url: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
     doc = _json_of(resp)
     if resp.status_code >= 400:
         error = doc.get("error") if doc is not None else None
+        if resp.status_code == 401:
+            how = "VCMON_TOKEN, or VCMON_USER and VCMON_PASSWORD, or --credentials-file"
+            error = f"vcmon at {url} wants credentials ({error or 'refused'}): set {how}"
         # A 400 is the command's input (a bad regex, a comment of spaces): a usage error.
         code = EXIT_USAGE if resp.status_code == 400 else EXIT_FAILURE
         raise CommandError(str(error or f"{url}{path} answered HTTP {resp.status_code}"), code)
@@ -200,27 +295,60 @@ def silence_add(args: argparse.Namespace) -> Output:
         parse_duration(args.duration)  # checked here too, so a typo needs no daemon to show
     except BadInput as exc:
         raise CommandError(f"--{exc}", EXIT_USAGE) from None
-    body = {
-        "matchers": matchers,
-        "duration": args.duration,
-        "comment": args.comment,
-        "created_by": args.author or os.environ.get("USER") or "unknown",
-    }
-    doc = call(daemon_url(args), "POST", "/api/v1/silences", body)
+    creds = credentials(args)
+    body = {"matchers": matchers, "duration": args.duration, "comment": args.comment}
+    author = _author(args, creds)
+    if author is not None:
+        body["created_by"] = author
+    doc = call(daemon_url(args), "POST", "/api/v1/silences", body, creds)
     return str(doc["id"])
+
+
+def _author(args: argparse.Namespace, creds: Credentials) -> str | None:
+    """The name to send: --author, else (without credentials) $USER. With credentials the
+    daemon records the authenticated name, so none is sent unless --author asks."""
+    if args.author:
+        return str(args.author)
+    if creds.present:
+        return None
+    return os.environ.get("USER") or "unknown"
 
 
 def silence_expire(args: argparse.Namespace) -> Output:
     """End a silence now."""
     from urllib.parse import quote
 
-    doc = call(daemon_url(args), "DELETE", f"/api/v1/silences/{quote(args.id, safe='')}")
+    path = f"/api/v1/silences/{quote(args.id, safe='')}"
+    doc = call(daemon_url(args), "DELETE", path, creds=credentials(args))
     return f"silence {doc['id']} expired"
+
+
+def alerts_ack(args: argparse.Namespace) -> Output:
+    """Acknowledge an open alert."""
+    from urllib.parse import quote
+
+    from vcmon.api import BadInput, parse_duration
+
+    body: dict[str, Any] = {"comment": args.comment}
+    if args.duration is not None:
+        try:
+            parse_duration(args.duration)
+        except BadInput as exc:
+            raise CommandError(f"--{exc}", EXIT_USAGE) from None
+        body["duration"] = args.duration
+    creds = credentials(args)
+    author = _author(args, creds)
+    if author is not None:
+        body["by"] = author
+    path = f"/api/v1/alerts/{quote(args.alert_id, safe='')}/ack"
+    doc = call(daemon_url(args), "POST", path, body, creds)
+    return f"alert {doc['alert_id']} acknowledged by {doc['acknowledged']['by']}"
 
 
 def silence_list(args: argparse.Namespace, now: float | None = None) -> Output:
     """Silences in force (and ended ones with --expired), as a table or the API's JSON."""
-    doc = call(daemon_url(args), "GET", "/api/v1/silences" + ("?expired=1" if args.expired else ""))
+    path = "/api/v1/silences" + ("?expired=1" if args.expired else "")
+    doc = call(daemon_url(args), "GET", path, creds=credentials(args))
     if args.json:
         return json.dumps(doc, ensure_ascii=False, indent=2)
     now = _now() if now is None else now
@@ -249,7 +377,7 @@ def alerts_list(args: argparse.Namespace, now: float | None = None) -> Output:
     path = "/api/v1/alerts"
     if args.ended:
         path += f"?state=ended&since={quote(args.since, safe='')}"
-    doc = call(daemon_url(args), "GET", path)
+    doc = call(daemon_url(args), "GET", path, creds=credentials(args))
     if args.json:
         return json.dumps(doc, ensure_ascii=False, indent=2)
     now = _now() if now is None else now
@@ -317,6 +445,8 @@ def span(seconds: float) -> str:
 
 def _ends(silence: dict[str, Any], now: float) -> Cell:
     # Whether it is in force is the daemon's word; only the spans use this host's clock.
+    if silence["starts_at"] is None or silence["ends_at"] is None:
+        return Cell("?", "dim")  # a time no calendar holds, stored before the API checked
     starts, ends = _parse_time(silence["starts_at"]), _parse_time(silence["ends_at"])
     if silence["active"]:
         return Cell(span(ends - now))
