@@ -18,6 +18,7 @@ uid 0 process holds only the capabilities given, like the deployed uid.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ipaddress
 import json
@@ -37,9 +38,9 @@ from typing import Any
 import pytest
 import yaml
 
-from vcmon import cli
+from vcmon import cli, webauth
 from vcmon.alerts.runtime import state_path
-from vcmon.config import load_config
+from vcmon.config import ConfigError, load_config
 
 from .helpers import wait_for
 
@@ -611,7 +612,8 @@ def test_kustomization_lists_every_manifest_but_the_optional_one() -> None:
     assert "OPTIONAL" in optional
     assert "Prometheus operator" in optional
     assert set(manifests()) == {
-        "Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service",
+        "Namespace", "ConfigMap", "Secret", "PersistentVolumeClaim", "Deployment", "Service",
+        "NetworkPolicy",
     }  # fmt: skip
 
 
@@ -730,6 +732,74 @@ def test_service_selects_the_pod() -> None:
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == [port["name"]]
 
 
+WEB_PASSWORD = "deploy-test-password"
+
+
+def filled_web_config() -> str:
+    """secret.yaml's web.yml with every placeholder hash replaced by one of WEB_PASSWORD."""
+    import bcrypt
+
+    text = manifests()["Secret"]["stringData"]["web.yml"]
+    hashed = bcrypt.hashpw(WEB_PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    return str(text).replace("REPLACE-with-a-bcrypt-hash", hashed)
+
+
+def test_secret_is_the_web_config_the_deployment_reads(tmp_path: Path) -> None:
+    kinds = manifests()
+    container = deployment_container()
+    pod = kinds["Deployment"]["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    secret = kinds["Secret"]
+    (name,) = (n for n, v in volumes.items() if "secret" in v)
+    assert volumes[name]["secret"]["secretName"] == secret["metadata"]["name"]
+    assert mounts[name]["readOnly"] is True
+    where = Path(env["VCMON_WEB_CONFIG_FILE"])
+    assert where.parent == Path(mounts[name]["mountPath"])
+    assert where.name in secret["stringData"]
+    # The ConfigMap's config takes the path from the environment.
+    config = tmp_path / "vcmon.yaml"
+    config.write_text(kinds["ConfigMap"]["data"]["vcmon.yaml"], encoding="utf-8")
+    (tmp_path / "web.yml").write_text(secret["stringData"]["web.yml"], encoding="utf-8")
+    loaded = load_config(config, env={"VCMON_WEB_CONFIG_FILE": str(tmp_path / "web.yml")})
+    assert webauth.web_config_path(loaded) == tmp_path / "web.yml"
+    # As shipped, the placeholders are refused by name; filled in, the roles are as documented.
+    with pytest.raises(ConfigError, match=r"basic_auth_users\.prometheus: expected a bcrypt"):
+        webauth.load_web_config(tmp_path / "web.yml")
+    (tmp_path / "web.yml").write_text(filled_web_config(), encoding="utf-8")
+    web = webauth.load_web_config(tmp_path / "web.yml")
+    assert web.role_of("prometheus") is webauth.Role.READ
+    assert web.role_of("ops") is webauth.Role.WRITE
+
+
+def test_network_policy_admits_only_prometheus_to_the_port() -> None:
+    kinds = manifests()
+    policy = kinds["NetworkPolicy"]["spec"]
+    pod_labels = kinds["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    (peer,) = rule["from"]  # one peer holding both selectors: Prometheus pods in monitoring
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    (container_port,) = deployment_container()["ports"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": container_port["name"]}]
+
+
+def test_compose_prometheus_authenticates_as_a_reader() -> None:
+    import bcrypt
+
+    web = webauth.load_web_config(bind_mounts("vcmon")["/etc/vcmon/web.yml"])
+    (job,) = yaml_docs(COMPOSE.parent / "prometheus.yml")[0]["scrape_configs"]
+    user = job["basic_auth"]["username"]
+    password_file = bind_mounts("prometheus")[job["basic_auth"]["password_file"]]
+    password = password_file.read_text(encoding="utf-8").strip()
+    assert bcrypt.checkpw(password.encode(), web.users[user])
+    assert web.role_of(user) is webauth.Role.READ
+    assert web.role_of("admin") is webauth.Role.WRITE
+
+
 def test_kubectl_kustomize_renders() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
@@ -791,6 +861,7 @@ class Deployed:
     sysctl: Path | None
     icmp_mode: str
     ready_path: str | None = None  # what its readiness probe asks, if it has one
+    authorization: str | None = None  # what reading the status API needs, with a web config
 
 
 def _systemd(tmp_path: Path, drop_in: bool) -> Deployed:
@@ -831,9 +902,14 @@ def _kubernetes(tmp_path: Path) -> Deployed:
     sysctl.write_text("".join(f"{s['name']} = {s['value']}\n"
                               for s in pod["securityContext"]["sysctls"]))  # fmt: skip
     env = {e["name"]: e["value"] for e in container["env"]} | {"STATE_DIRECTORY": str(tmp_path)}
+    # The Secret as an admin fills it in, where VCMON_WEB_CONFIG_FILE points.
+    web = tmp_path / "web.yml"
+    web.write_text(filled_web_config(), encoding="utf-8")
+    env["VCMON_WEB_CONFIG_FILE"] = str(web)
     gid = pod["securityContext"]["runAsGroup"]
     ready = container["readinessProbe"]["httpGet"]["path"]
-    return Deployed(argv, env, gid, frozenset(), sysctl, "dgram", ready)
+    auth = "Basic " + base64.b64encode(f"prometheus:{WEB_PASSWORD}".encode()).decode()
+    return Deployed(argv, env, gid, frozenset(), sysctl, "dgram", ready, auth)
 
 
 @contextlib.contextmanager
@@ -928,9 +1004,11 @@ def test_runs_with_the_deployed_privileges(how: str, tmp_path: Path, require_roo
         if d.ready_path:  # the first round of every endpoint, up to an interval
             ready = f"import urllib.request; urllib.request.urlopen('{base}{d.ready_path}')"
             wait_for(lambda: passes([sys.executable, "-c", ready]), 30, d.ready_path)
+        headers = {"Authorization": d.authorization} if d.authorization else {}
         status = _netns_run(proc, [sys.executable, "-c", (
-            "import json, urllib.request; "
-            f"print(json.load(urllib.request.urlopen('{base}/api/v1/status'))['icmp_mode'])"
+            "import json, urllib.request as u; "
+            f"r = u.Request('{base}/api/v1/status', headers={headers!r}); "
+            "print(json.load(u.urlopen(r))['icmp_mode'])"
         )])  # fmt: skip
         assert status.stdout.strip() == d.icmp_mode, status.stderr
         proc.send_signal(signal.SIGTERM)
