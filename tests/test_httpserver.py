@@ -381,6 +381,14 @@ async def test_pipelined_requests_are_capped_per_connection() -> None:
         assert reply.count(b"Connection: close") == 1
         assert srv.counters["pipeline_limit"] == 1
         writer.close()
+        # One request at a time, waiting for each answer, is not pipelining: no limit.
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        for _ in range(5):
+            writer.write(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+            async with asyncio.timeout(2):
+                await reader.readuntil(b"hello world\n")
+        assert srv.counters["pipeline_limit"] == 1
+        writer.close()
     finally:
         await srv.close()
 

@@ -51,7 +51,7 @@ REASONS = (
     "bad_request",  # 400: not HTTP/1.1 that h11 accepts
     "write_timeout",  # the client stopped reading its responses
     "write_backlog",  # dropped to keep unsent responses of all clients within budget
-    "pipeline_limit",  # closed after its max_requests-th request
+    "pipeline_limit",  # closed after max_requests pipelined requests in a row
 )
 
 
@@ -66,7 +66,7 @@ class Limits:
     write_timeout: float = 10.0  # a stalled write (client not reading) is dropped after this
     max_header: int = 16384
     max_body: int = MAX_BODY
-    max_requests: int = 100  # per connection; the last response says Connection: close
+    max_requests: int = 100  # pipelined in a row; the last response says Connection: close
     write_budget: int = 8 << 20  # bytes of responses being sent, all connections together
     accept_log_interval: float = 10.0
 
@@ -209,6 +209,8 @@ class _Connection:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header)
         self.client, self.tls_peer = _peer(writer)
         self.requests = 0
+        self.pipelined = 0  # requests in a row that arrived before the previous answer went
+        self.pipelining = False
         self.backlog = 0  # bytes of the response being sent, counted against the budget
         self.stalled_since: float | None = None  # loop time a drain began to wait
         self.dropped: str | None = None  # why the server aborted it, if it did
@@ -367,7 +369,10 @@ class HttpServer:
             if request is None:
                 return
             conn.requests += 1
-            last = conn.requests >= self.limits.max_requests
+            # Only requests sent before their predecessor's answer count: a keep-alive client
+            # that waits for each answer (Prometheus) keeps its connection as long as it likes.
+            conn.pipelined = conn.pipelined + 1 if conn.pipelining else 1
+            last = conn.pipelined >= self.limits.max_requests
             response = await self._dispatch(request)
             await self._send(conn, response, request.method == "HEAD", close=last)
             if last:
@@ -384,6 +389,7 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         first = conn.requests == 0
         pending = bool(conn.h11.trailing_data[0])  # pipelined bytes already here
+        conn.pipelining = pending
         # The head deadline runs from accept (first request) or from the request's first byte
         # (keep-alive): never extended by later bytes, so a dribbling client cannot hold on.
         deadline = started + (limits.head_timeout if first or pending else limits.idle_timeout)
