@@ -780,7 +780,9 @@ class _Builder:
         self.source.text[loc] = str(node.value)
         try:
             value = self.loader.construct_object(node)
-        except (ValueError, OverflowError):  # 2023-02-30, an integer of 5,000 digits
+        # 2023-02-30, an integer of 5,000 digits; '!!int' on nothing, '!!bool maybe'…: PyYAML's
+        # constructors trust the tag an explicit '!!type' gives.
+        except (ValueError, OverflowError, IndexError, KeyError, TypeError, AttributeError):
             kind = node.tag.rsplit(":", 1)[-1]
             self.problems.append(
                 self.source.problem(
