@@ -228,6 +228,14 @@ async def combined_flood(daemon: Daemon, duration: float) -> list[Row]:
         rss0 = rss_mb(pid)
         loop = asyncio.get_running_loop()
         stop = loop.time() + duration
+        # The scraping client runs in a process of its own: the attackers' thousands of
+        # coroutines would otherwise starve it here and its latency would be theirs. It connects
+        # before the attack, as a Prometheus already scraping would.
+        probe = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.attacks", "--scrape", daemon.base, str(duration),
+            stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+        )  # fmt: skip
+        await asyncio.sleep(1)
         tallies = {"slow": Tally(), "big": Tally(), "pipe": Tally()}
         attackers = [
             *(slow_header(daemon.port, stop, tallies["slow"]) for _ in range(3000)),
@@ -235,12 +243,6 @@ async def combined_flood(daemon: Daemon, duration: float) -> list[Row]:
             *(pipeliner(daemon.port, stop, tallies["pipe"]) for _ in range(300)),
         ]
         tasks = [asyncio.create_task(a) for a in attackers]
-        # The scraping client runs in a process of its own: the attackers' thousands of
-        # coroutines would otherwise starve it here and its latency would be theirs.
-        probe = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.attacks", "--scrape", daemon.base, str(duration),
-            stdout=asyncio.subprocess.PIPE, cwd=ROOT,
-        )  # fmt: skip
         rss_peak = rss0
         while loop.time() < stop:
             rss_peak = max(rss_peak, rss_mb(pid))
