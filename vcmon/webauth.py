@@ -24,7 +24,6 @@ import math
 import os
 import secrets
 import ssl
-import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
@@ -35,7 +34,7 @@ from typing import Any, Final
 import bcrypt
 import yaml
 
-from vcmon.config import Config, ConfigError, Problem
+from vcmon.config import Config, ConfigError, Problem, Unreadable, read_file
 from vcmon.httpserver import Request, Response
 from vcmon.logs import event
 
@@ -215,17 +214,9 @@ def load_web_config(path: Path, env: Mapping[str, str] | None = None) -> WebConf
 
 def _read(path: Path) -> str:
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError([Problem(str(path), "", "not a regular file; expected a YAML file")])
-        if info.st_size > MAX_FILE:
-            raise ConfigError([Problem(str(path), "", f"larger than {MAX_FILE // 1024} kB; "
-                                                       "expected a short YAML file")])  # fmt: skip
-        with path.open("rb") as f:
-            raw = f.read(MAX_FILE + 1)
-    except OSError as exc:
-        problem = Problem(str(path), "", f"cannot read the web config: {_reason(exc)}")
-        raise ConfigError([problem]) from None
+        raw = read_file(path, "a short YAML file", MAX_FILE)
+    except Unreadable as exc:
+        raise ConfigError([Problem(str(path), "", f"cannot read the web config: {exc}")]) from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
