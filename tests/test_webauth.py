@@ -685,3 +685,10 @@ async def test_cli_writes_over_https_as_the_token_s_name(
     listing = ["silence", "list", *base, "--json"]
     assert await asyncio.to_thread(cli.main, listing) == 0
     assert silence_id in capsys.readouterr().out
+    monkeypatch.delenv("VCMON_TOKEN")
+    status = ["status", *base, "--once"]
+    assert await asyncio.to_thread(cli.main, status) == 1
+    assert "wants credentials" in capsys.readouterr().err
+    monkeypatch.setenv("VCMON_TOKEN", READ_TOKEN)
+    assert await asyncio.to_thread(cli.main, status) == 0  # `vcmon status` reads as the token
+    assert "vcmon" in capsys.readouterr().out

@@ -608,13 +608,6 @@ _STATE_STYLE = {
 }
 
 
-def _status_url(args: argparse.Namespace) -> str:
-    if args.url:
-        return str(args.url).rstrip("/")
-    config = _load(args.config)
-    return f"http://{config.listen}"
-
-
 def _status_view(view: StatusView) -> Group:
     counts = view.counts()
     head = Text(f"vcmon {view.instance}   ")
@@ -650,14 +643,29 @@ def _status_view(view: StatusView) -> Group:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from vcmon import status_view
+    from vcmon.silence_cli import CommandError, call, credentials, daemon_url
 
-    url = _status_url(args)
+    def fetch() -> tuple[dict[str, Any], dict[str, Any]]:
+        try:
+            status = call(url, "GET", "/api/v1/status", creds=creds)
+        except CommandError as exc:
+            raise status_view.StatusUnavailable(str(exc)) from None
+        try:
+            alerts = call(url, "GET", "/api/v1/alerts", creds=creds)
+        except CommandError:
+            alerts = {"alerts": []}  # a daemon without an alert engine
+        return status, alerts
 
     def current() -> StatusView:
-        status, alerts = status_view.fetch(url)
+        status, alerts = fetch()
         view = status_view.build(status, alerts, args.sort)
         return status_view.only_trouble(view) if args.problems else view
 
+    try:
+        url, creds = daemon_url(args), credentials(args)
+    except CommandError as exc:
+        err.print(f"vcmon: {exc}", markup=False)
+        return exc.code
     try:
         if args.once:
             out.print(_status_view(current()))
@@ -667,7 +675,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 time.sleep(1.0)  # the refresh cadence of a live view
                 live.update(_status_view(current()), refresh=True)
     except status_view.StatusUnavailable as exc:
-        err.print(f"vcmon: {exc}; is the daemon running?", markup=False)
+        err.print(f"vcmon: {exc}", markup=False)
         return EXIT_FAILURE
 
 
@@ -756,12 +764,6 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             when = dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
             out.print(f"  {b.sink} dead letter #{seq}: {reason} at {when}", markup=False)
     return EXIT_OK
-
-
-def _daemon_address(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("-c", "--config", help="config file of the daemon (for its listen address)")
-    where.add_argument("--url", help="the daemon's base URL, e.g. http://127.0.0.1:9231")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -868,7 +870,7 @@ def parser() -> argparse.ArgumentParser:
     silence_cli.add_parsers(sub, al_sub, cmd_daemon_api)
 
     st = sub.add_parser("status", help="live view of a running daemon (its status API)")
-    _daemon_address(st)
+    silence_cli.add_daemon_options(st)
     st.add_argument("--once", action="store_true", help="print one table and exit (for scripts)")
     st.add_argument("--sort", default="state", choices=SORT_KEYS, help="order within a district")
     st.add_argument("--problems", action="store_true", help="only endpoints that are not up")

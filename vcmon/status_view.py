@@ -1,6 +1,6 @@
 """What `vcmon status` shows, shaped from a running daemon's status and alerts API.
 
-Pure shaping here; fetching is one function; drawing is the CLI's (the only rich user).
+Pure shaping here; fetching and drawing are the CLI's (the only rich user).
 """
 
 from __future__ import annotations
@@ -69,21 +69,6 @@ class View:
                 key = r.state or "unknown"
                 out[key] = out.get(key, 0) + 1
         return out
-
-
-def fetch(url: str, timeout: float = 3.0) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The daemon's /api/v1/status and /api/v1/alerts (empty alerts if it has no engine)."""
-    import httpx  # not at the top: every other CLI command would pay for loading it
-
-    try:
-        with httpx.Client(base_url=url, timeout=timeout) as http:
-            status = http.get("/api/v1/status")
-            status.raise_for_status()
-            alerts = http.get("/api/v1/alerts")
-            alerts_doc = alerts.json() if alerts.status_code == 200 else {"alerts": []}
-            return dict(status.json()), dict(alerts_doc)
-    except (httpx.HTTPError, ValueError) as exc:
-        raise StatusUnavailable(f"cannot reach vcmon at {url}: {exc}") from None
 
 
 def _row(ep: Mapping[str, Any]) -> Row:
