@@ -590,8 +590,12 @@ def test_compose_mosquitto_config_starts_a_broker(tmp_path: Path, require_root: 
     """mosquitto accepts the config and listens on 1883 (in a namespace of its own, with the
     data directory moved under tmp_path)."""
     mosquitto = _tool("mosquitto", " (Debian package mosquitto)")
-    conf = bind_mounts("mosquitto")["/mosquitto/config/mosquitto.conf"]
-    text = conf.read_text(encoding="utf-8").replace("/mosquitto/data/", f"{tmp_path}/")
+    mounts = bind_mounts("mosquitto")
+    text = mounts["/mosquitto/config/mosquitto.conf"].read_text(encoding="utf-8")
+    text = text.replace("/mosquitto/data/", f"{tmp_path}/")
+    for inside in ("/mosquitto/config/passwd", "/mosquitto/config/acl"):
+        assert inside in text, f"{inside} is mounted but not used"
+        text = text.replace(inside, str(mounts[inside]))
     (tmp_path / "mosquitto.conf").write_text(text, encoding="utf-8")
     with _in_new_netns([mosquitto, "-c", str(tmp_path / "mosquitto.conf")], tmp_path) as proc:
         connect = "import socket; socket.create_connection(('127.0.0.1', 1883), timeout=2).close()"

@@ -1433,28 +1433,25 @@ def _file_fields(data: object, loc: Loc) -> Iterator[tuple[Loc, str]]:
             yield from _file_fields(value, (*loc, i))
 
 
-def _refuse_special_files(
+def _resolve_files(
     main: _Source, data: dict[str, Any], base: Path, problems: list[Problem]
 ) -> dict[str, Any]:
-    """``data`` without the ``*_file`` settings that name a FIFO, a device, a directory, a
-    symlink loop or a file over the size limit, each reported: their readers would hang or
-    fill memory. Missing files are left to the setting's own check."""
-    bad: list[Loc] = []
-    for loc, value in _file_fields(data, ()):
-        # Top-level files are relative to the config file; a sink's, to the working directory.
-        where = base / value if len(loc) == 1 else Path(value)
-        reason = check_regular_file(where, "a regular file")
-        if reason is not None and reason.startswith("is "):
-            problems.append(main.problem(loc, f"{value} {reason}"))
-            bad.append(loc)
-    if not bad:
-        return data
+    """``data`` with every ``*_file`` setting relative to the config file's directory, and
+    without those that name a FIFO, a device, a directory, a symlink loop or a file over the
+    size limit, each reported: their readers would hang or fill memory. Missing files are
+    left to the setting's own check."""
     data = copy.deepcopy(data)
-    for loc in bad:
+    for loc, value in list(_file_fields(data, ())):
+        where = base / Path(value).expanduser()  # an absolute value stays as it is
         holder: Any = data
         for seg in loc[:-1]:
             holder = holder[seg]
-        del holder[loc[-1]]
+        reason = check_regular_file(where, "a regular file")
+        if reason is not None and reason.startswith("is "):
+            problems.append(main.problem(loc, f"{value} {reason}"))
+            del holder[loc[-1]]
+        else:
+            holder[loc[-1]] = str(where)
     return data
 
 
@@ -1522,7 +1519,7 @@ def _load_config(path: Path, env: Mapping[str, str], sources: list[_Source]) -> 
         )
     problems.extend(_unknown_keys(main, data, list(_ConfigFile.model_fields)))
     settings_data = {k: v for k, v in data.items() if k in _Settings.model_fields}
-    settings_data = _refuse_special_files(main, settings_data, path.parent, problems)
+    settings_data = _resolve_files(main, settings_data, path.parent, problems)
     settings: _Settings | None = _validate(_Settings, settings_data, main, (), problems)
 
     entries = _endpoints_of(main, data.get("endpoints"), problems)
