@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBS := fping iproute2 procps prometheus prometheus-alertmanager mosquitto openssl podman runc debootstrap
 
-.PHONY: demo test lint typecheck unit bench-accuracy bench-cost bench-scale bench-delivery clean debs
+.PHONY: demo test lint typecheck unit bench-accuracy bench-cost bench-scale bench-delivery bench-attacks clean debs
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -47,6 +47,9 @@ bench-scale: $(STAMP) debs
 
 bench-delivery: $(STAMP)
 	$(BIN)/python -m bench.delivery
+
+bench-attacks: $(STAMP) debs
+	$(BIN)/python -m bench.attacks
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
