@@ -49,7 +49,7 @@ async def _measure(n: int, duration: float, warmup: float, tick: float | None) -
         _write_config(n, cfg_path)
         config = load_config(cfg_path)
     results = Results(config.endpoints)
-    _, self_metrics = build_registry(results, dict)
+    _, self_metrics = build_registry(dict)
     rate = sum(ep.timing.count / ep.timing.interval for ep in config.endpoints)
     async with IcmpEngine(mode="auto", max_rate=max(5000.0, rate * 2)) as engine:
         scheduler = Scheduler(results, build_probes(engine), Resolver(), self_metrics, tick=tick)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 from pydantic import ValidationError
 
 from vcmon import __version__
+from vcmon.exposition import EndpointExposition, Fragments, accepts_gzip, negotiate
 from vcmon.httpserver import Handler, HttpServer, Request, Response, text
 from vcmon.results import EndpointRecord, Results
 from vcmon.webauth import ANONYMOUS_WRITER, Access, Identity, Need, load_web_config
@@ -213,12 +213,15 @@ class Api:
         *,
         alerts: AlertRuntime | None = None,
         access: Access | None = None,
+        exposition: EndpointExposition | None = None,
     ) -> None:
         self._results = results
-        self._registry = registry
+        self._registry = registry  # the daemon-wide series
+        # The per-endpoint series, kept rendered; the daemon updates it as rounds land.
+        self.exposition = exposition if exposition is not None else EndpointExposition(results)
         self._info = info
         self.alert_runtime = alerts
-        self._renders: dict[Callable[[CollectorRegistry], bytes], asyncio.Future[bytes]] = {}
+        self._renders: dict[tuple[str, bool], asyncio.Future[bytes]] = {}
         # Who may do what; serve() sets it from the web config and the listen address.
         self.access = access
 
@@ -252,17 +255,24 @@ class Api:
         return guarded
 
     async def metrics(self, request: Request, who: Identity = ANONYMOUS_WRITER) -> Response:
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        # Rendering thousands of series takes a while; keep it off the loop that times probes.
-        # Scrapes that arrive while a render is under way share it: a crowd of clients (or an
-        # attacker's hundreds) costs one render, not one each.
-        render = self._renders.get(encoder)
+        fmt = negotiate(request.headers.get("accept", ""))
+        gzip = accepts_gzip(request.headers.get("accept-encoding", ""))
+        # The per-endpoint part is a join of bytes kept since rounds landed; the registry's
+        # daemon-wide series, the join and gzip (megabytes at 10,000 endpoints) run in a
+        # thread, off the loop that times probes. Scrapes that arrive while a page is being
+        # made share it: a crowd of clients (or an attacker's hundreds) costs one page.
+        key = (fmt.content_type, gzip)
+        render = self._renders.get(key)
         if render is None:
-            render = asyncio.ensure_future(asyncio.to_thread(encoder, self._registry))
-            self._renders[encoder] = render
-            render.add_done_callback(lambda _: self._renders.pop(encoder, None))
+            snapshot: list[Fragments] = self.exposition.snapshot()
+            render = asyncio.ensure_future(
+                asyncio.to_thread(fmt.page, snapshot, self._registry, gzip)
+            )
+            self._renders[key] = render
+            render.add_done_callback(lambda _: self._renders.pop(key, None))
         body = await asyncio.shield(render)  # a client that leaves does not cancel the others'
-        return Response(200, body, content_type)
+        headers = (("Content-Encoding", "gzip"),) if gzip else ()
+        return Response(200, body, fmt.content_type, (*headers, ("Vary", "Accept-Encoding")))
 
     async def healthy(self, request: Request, who: Identity = ANONYMOUS_WRITER) -> Response:
         return text(200, "OK\n")

@@ -14,6 +14,7 @@ from vcmon.alerts.runtime import AlertRuntime
 from vcmon.api import Api, serve
 from vcmon.config import Config, ConfigError, load_config
 from vcmon.delivery import Delivery
+from vcmon.exposition import EndpointExposition
 from vcmon.limits import raise_fd_limit
 from vcmon.logs import event
 from vcmon.metrics import AlertCollector, HttpCollector, StoreCollector, build_registry
@@ -21,8 +22,9 @@ from vcmon.probes.base import Probe
 from vcmon.probes.icmp import IcmpEngine
 from vcmon.probes.registry import build_probes
 from vcmon.resolve import Resolver
-from vcmon.results import Results
+from vcmon.results import EndpointRecord, Results
 from vcmon.scheduler import Scheduler
+from vcmon.stats import Observation
 from vcmon.webauth import web_config_path
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,8 @@ class Daemon:
         self.icmp_netns = icmp_netns
         self.results = Results(config.endpoints)
         self._engine: IcmpEngine | None = None
-        self.registry, self.self_metrics = build_registry(self.results, self._engine_counters)
+        self.exposition = EndpointExposition(self.results)
+        self.registry, self.self_metrics = build_registry(self._engine_counters)
         self.self_metrics.config_reload_ok.set(1)
         self.self_metrics.config_reload_time.set(time.time())
         self.resolver = Resolver(ttl=config.resolve_interval)
@@ -99,7 +102,13 @@ class Daemon:
                     "config": str(cfg.source),
                     "icmp_mode": engine.mode,
                 }
-                api = Api(self.results, self.registry, info, alerts=self.alerts)
+                api = Api(
+                    self.results,
+                    self.registry,
+                    info,
+                    alerts=self.alerts,
+                    exposition=self.exposition,
+                )
                 server = await serve(api, cfg.listen, web_config_path(cfg))
                 self.registry.register(HttpCollector(server.stats))
                 try:
@@ -121,7 +130,7 @@ class Daemon:
 
         def start() -> asyncio.Task[None]:
             scheduler = Scheduler(
-                self.results, probes, self.resolver, self.self_metrics, on_round=alerts.on_round
+                self.results, probes, self.resolver, self.self_metrics, on_round=self._on_round
             )
             return tg.create_task(scheduler.run(), name="scheduler")
 
@@ -146,6 +155,14 @@ class Daemon:
                     if self._apply_reload():
                         task.cancel()
                         task = start()
+
+    def _on_round(self, rec: EndpointRecord, obs: Observation) -> None:
+        """A round landed: the alert engine decides the state, then its series are rendered."""
+        try:
+            if self.alerts is not None:
+                self.alerts.on_round(rec, obs)
+        finally:
+            self.exposition.update(rec)
 
     def _apply_reload(self) -> bool:
         """Re-read the config; keep the running one if the new one is wrong."""
@@ -174,6 +191,7 @@ class Daemon:
                   unchanged_until_restart=",".join(restart_needed))  # fmt: skip
         self.config = new
         self.results.replace(new.endpoints)
+        self.exposition.sync()
         if self.alerts is not None:
             self.alerts.reload(new)
         self.resolver = Resolver(ttl=new.resolve_interval)

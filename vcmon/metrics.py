@@ -1,156 +1,113 @@
-"""Prometheus exposition, built at scrape time from the current Results (DESIGN.md §3)."""
+"""Metric families of the contract (DESIGN.md §3).
+
+The per-endpoint families are described here and rendered by vcmon.exposition as rounds land;
+the daemon-wide ones live in a prometheus_client registry, rendered at scrape time.
+"""
 
 from __future__ import annotations
 
-import math
 import platform
 import re
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from vcmon import __version__
+from vcmon.config import Endpoint
 from vcmon.health import State
-from vcmon.results import Results
 
 BASE_LABELS = ("endpoint", "probe", "district", "level")
-_STATES = tuple(s.value for s in State)
 _LABEL_NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 # Scheduler lag is judged against a 50 ms budget, so resolution is fine below it.
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-def _nan_if_none(value: float | None) -> float:
-    return math.nan if value is None else value
+@dataclass(frozen=True, slots=True)
+class Family:
+    """One per-endpoint metric family: its name, type, help text and labels after the base."""
+
+    name: str
+    type: str  # "gauge", "counter" or "histogram"
+    help: str
+    extra: tuple[str, ...] = ()
 
 
-class EndpointCollector(Collector):
-    """Per-endpoint series, read from Results at every scrape."""
+# The per-endpoint families in exposition order; vcmon.exposition renders them (no copy of
+# names or help texts elsewhere). Dashboards and rules in exporters/ depend on every word.
+UP = Family("vcmon_up", "gauge", "1 if the last round got at least one answer")
+RTT = Family("vcmon_rtt_seconds", "histogram", "Round-trip time of every answer")
+ROUND_RTT = Family(
+    "vcmon_round_rtt_seconds",
+    "gauge",
+    "Round-trip time of the last round by statistic; NaN when nothing answered",
+    ("stat",),
+)
+JITTER = Family(
+    "vcmon_jitter_seconds",
+    "gauge",
+    "Mean absolute difference of consecutive RTTs in the last round (IPDV, RFC 5481)",
+)
+LOSS = Family("vcmon_loss_ratio", "gauge", "1 - received/sent in the last round")
+MOS = Family("vcmon_mos", "gauge", "Estimated MOS (simplified E-model) of the last round")
+SENT = Family("vcmon_packets_sent", "counter", "Echo requests sent")
+RECEIVED = Family("vcmon_packets_received", "counter", "Echo replies received within the timeout")
+LATE = Family("vcmon_packets_late", "counter", "Echo replies that arrived after their timeout")
+DUPLICATE = Family("vcmon_packets_duplicate", "counter", "Duplicate echo replies")
+ERRORS = Family(
+    "vcmon_packets_error",
+    "counter",
+    "Echo requests answered by an ICMP error or not sent, by reason",
+    ("reason",),
+)
+ROUNDS = Family("vcmon_rounds", "counter", "Probe rounds completed")
+FAILURES = Family(
+    "vcmon_round_failures",
+    "counter",
+    "Rounds that could not probe at all (e.g. name resolution failed)",
+)
+STATE = Family("vcmon_endpoint_state", "gauge", "1 for the current health state", ("state",))
+LAST_ROUND = Family("vcmon_last_round_timestamp_seconds", "gauge", "When the last round started")
+# Its extra labels are name, address, site, parent and one label_<key> per free label.
+INFO = Family("vcmon_endpoint_info", "gauge", "Inventory fields of each endpoint; always 1")
+ENDPOINT_FAMILIES: tuple[Family, ...] = (
+    UP, RTT, ROUND_RTT, JITTER, LOSS, MOS, SENT, RECEIVED, LATE, DUPLICATE, ERRORS, ROUNDS,
+    FAILURES, STATE, LAST_ROUND, INFO,
+)  # fmt: skip
+STATES = tuple(s.value for s in State)
+ROUND_STATS = ("min", "avg", "median", "max")
 
-    def __init__(self, results: Results, counters: Callable[[], Mapping[str, int]]) -> None:
-        self._results = results
-        self._engine_counters = counters
+
+def info_fields(ep: Endpoint) -> dict[str, str]:
+    """The inventory fields vcmon_endpoint_info carries for ``ep``, by label name."""
+    fields = {"name": ep.name, "address": ep.address, "site": ep.site or "",
+              "parent": ",".join(ep.parent)}  # fmt: skip
+    fields.update({f"label_{_LABEL_NAME.sub('_', k)}": v for k, v in ep.labels.items()})
+    return fields
+
+
+class IcmpCollector(Collector):
+    """``vcmon_icmp_packets_ignored_total{reason}``: the engine's daemon-wide counters."""
+
+    def __init__(self, counters: Callable[[], Mapping[str, int]]) -> None:
+        self._counters = counters
 
     def describe(self) -> list[Metric]:
-        # Returning nothing keeps the registry from calling collect() at registration.
-        return []
+        return []  # the engine may not exist yet at registration
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "vcmon_up", "1 if the last round got at least one answer", labels=BASE_LABELS
-        )
-        rtt = HistogramMetricFamily(
-            "vcmon_rtt_seconds", "Round-trip time of every answer", labels=BASE_LABELS
-        )
-        round_rtt = GaugeMetricFamily(
-            "vcmon_round_rtt_seconds",
-            "Round-trip time of the last round by statistic; NaN when nothing answered",
-            labels=(*BASE_LABELS, "stat"),
-        )
-        jitter = GaugeMetricFamily(
-            "vcmon_jitter_seconds",
-            "Mean absolute difference of consecutive RTTs in the last round (IPDV, RFC 5481)",
-            labels=BASE_LABELS,
-        )
-        loss = GaugeMetricFamily(
-            "vcmon_loss_ratio", "1 - received/sent in the last round", labels=BASE_LABELS
-        )
-        mos = GaugeMetricFamily(
-            "vcmon_mos", "Estimated MOS (simplified E-model) of the last round", labels=BASE_LABELS
-        )
-        sent = CounterMetricFamily("vcmon_packets_sent", "Echo requests sent", labels=BASE_LABELS)
-        received = CounterMetricFamily(
-            "vcmon_packets_received", "Echo replies received within the timeout", labels=BASE_LABELS
-        )
-        late = CounterMetricFamily(
-            "vcmon_packets_late",
-            "Echo replies that arrived after their timeout",
-            labels=BASE_LABELS,
-        )
-        dup = CounterMetricFamily(
-            "vcmon_packets_duplicate", "Duplicate echo replies", labels=BASE_LABELS
-        )
-        errors = CounterMetricFamily(
-            "vcmon_packets_error",
-            "Echo requests answered by an ICMP error or not sent, by reason",
-            labels=(*BASE_LABELS, "reason"),
-        )
-        rounds = CounterMetricFamily("vcmon_rounds", "Probe rounds completed", labels=BASE_LABELS)
-        failed = CounterMetricFamily(
-            "vcmon_round_failures",
-            "Rounds that could not probe at all (e.g. name resolution failed)",
-            labels=BASE_LABELS,
-        )
-        state = GaugeMetricFamily(
-            "vcmon_endpoint_state", "1 for the current health state", labels=(*BASE_LABELS, "state")
-        )
-        last_round = GaugeMetricFamily(
-            "vcmon_last_round_timestamp_seconds", "When the last round started", labels=BASE_LABELS
-        )
-        info_rows: list[tuple[list[str], dict[str, str]]] = []
-
-        for rec in self._results:
-            ep = rec.endpoint
-            base = [ep.id, ep.probe, ep.district, ep.level.value]
-            fields = {"name": ep.name, "address": ep.address, "site": ep.site or "",
-                      "parent": ",".join(ep.parent)}  # fmt: skip
-            fields.update({f"label_{_LABEL_NAME.sub('_', k)}": v for k, v in ep.labels.items()})
-            info_rows.append((base, fields))
-
-            sent.add_metric(base, rec.sent)
-            received.add_metric(base, rec.received)
-            late.add_metric(base, rec.tally.late)
-            dup.add_metric(base, rec.tally.duplicate)
-            for reason, count in sorted(rec.tally.errors.items()):
-                errors.add_metric([*base, reason], count)
-            rounds.add_metric(base, rec.rounds)
-            failed.add_metric(base, rec.failures)
-            hist = rec.histogram
-            rtt.add_metric(base, hist.cumulative(), hist.total)
-
-            obs = rec.last
-            if obs is None:
-                continue
-            up.add_metric(base, 1.0 if obs.up else 0.0)
-            for name, value in (("min", obs.rtt_min), ("avg", obs.rtt_avg),
-                                ("median", obs.rtt_median), ("max", obs.rtt_max)):  # fmt: skip
-                round_rtt.add_metric([*base, name], _nan_if_none(value))
-            jitter.add_metric(base, _nan_if_none(obs.jitter))
-            loss.add_metric(base, obs.loss_ratio)
-            mos.add_metric(base, obs.mos)
-            last_round.add_metric(base, obs.started_at)
-            for s in _STATES:
-                state.add_metric([*base, s], 1.0 if rec.state == s else 0.0)
-
-        # Free labels differ between endpoints; every row must carry the union of label names.
-        info_names = sorted({k for _, fields in info_rows for k in fields})
-        info = GaugeMetricFamily(
-            "vcmon_endpoint_info",
-            "Inventory fields of each endpoint; always 1",
-            labels=(*BASE_LABELS, *info_names),
-        )
-        for base, fields in info_rows:
-            info.add_metric(base + [fields.get(k, "") for k in info_names], 1.0)
-
         ignored = CounterMetricFamily(
             "vcmon_icmp_packets_ignored",
             "ICMP packets the engine received but could not use, by reason",
             labels=("reason",),
         )
-        for reason, count in sorted(self._engine_counters().items()):
+        for reason, count in sorted(self._counters().items()):
             ignored.add_metric([reason], count)
-
-        yield from (up, rtt, round_rtt, jitter, loss, mos, sent, received, late, dup, errors,
-                    rounds, failed, state, last_round, info, ignored)  # fmt: skip
+        yield ignored
 
 
 class AlertCollector(Collector):
@@ -274,9 +231,11 @@ class SelfMetrics:
 
 
 def build_registry(
-    results: Results, counters: Callable[[], Mapping[str, int]]
+    counters: Callable[[], Mapping[str, int]],
 ) -> tuple[CollectorRegistry, SelfMetrics]:
-    """A registry holding the endpoint collector and the self metrics."""
+    """A registry of the daemon-wide series: the engine's counters and the self metrics.
+
+    Per-endpoint series are not in it: vcmon.exposition keeps them rendered."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EndpointCollector(results, counters))
+    registry.register(IcmpCollector(counters))
     return registry, SelfMetrics(registry)

@@ -1,7 +1,7 @@
 """What the daemon currently knows about each endpoint: last round, running counters, state.
 
-Written by the scheduler after each round and read at scrape time by the metrics collector and
-the status API, so neither has to keep a copy.
+Written by the scheduler after each round; read by the exposition (which renders an endpoint's
+series as its round lands) and at request time by the status API.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class Results:
 
     def __init__(self, endpoints: Iterable[Endpoint]) -> None:
         self._records: dict[str, EndpointRecord] = {}
+        self.generation = 0  # counts replace() calls, so the exposition sees a reload
         self.replace(endpoints)
 
     def replace(self, endpoints: Iterable[Endpoint]) -> None:
@@ -91,6 +92,7 @@ class Results:
             new[ep.id] = rec
         # Swap whole dicts so a scrape running in another thread never sees one change size.
         self._records = new
+        self.generation += 1
 
     def __getitem__(self, endpoint_id: str) -> EndpointRecord:
         return self._records[endpoint_id]
