@@ -1,4 +1,4 @@
-"""Attacks on a running daemon, on loopback, each bounded in count and time: did the bounds hold?
+"""The HTTP server's resource bounds, all at once: on loopback, bounded in count and time.
 
 `vcmon run` is started as users run it (province-231 inventory on 127.10.x.x plus one room
 named `localhost`, resolved by the system resolver) under a soft descriptor limit of 1024 and
@@ -6,118 +6,34 @@ a hard one of 4096; the daemon raises the soft limit itself. Then, all at once f
 seconds: 3,000 slow-header clients (a byte a second; dropped or refused ones come back after
 a second), 300 clients each sending 900 kB of a header that never ends, and 300 clients that
 pipeline `GET /metrics` and never read (each reconnects after 11 s). Meanwhile a keep-alive
-client scrapes /metrics every 0.5 s, as Prometheus would, and reads /api/v1/status.
-
-Each attack is a function returning rows (attack, held?, figure); add more to ATTACKS.
-
-    python -m bench.attacks [--duration 30]
+client in a process of its own scrapes /metrics every 0.5 s, as Prometheus would, and reads
+/api/v1/status.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
-import os
-import resource
 import socket
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import percentile, save
+from bench.attacks.common import INVENTORY, ROOT, Daemon, Row, metric_sum, rss_mb, start_daemon
+from bench.common import percentile
 
-ROOT = Path(__file__).resolve().parent.parent
-INVENTORY = ROOT / "config" / "province-231.yaml"
 SOFT, HARD = 1024, 4096
-
-Row = tuple[str, bool, str]
-
-
-@dataclass
-class Daemon:
-    """A running `vcmon run` and what the attacks need to reach and measure it."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-    fd_limit: str = ""
-    notes: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-Attack = Callable[[Daemon, float], Awaitable[list[Row]]]
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size now (VmRSS), MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def _metric(text: str, name: str) -> float:
-    return sum(
-        s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if s.name == name
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _limit_fds() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (SOFT, HARD))
-
-
-def start_daemon(tmp: Path) -> Daemon:
-    """`vcmon run` on loopback under a 1024 soft / 4096 hard descriptor limit, once ready."""
-    port = _free_port()
-    cfg = tmp / "attacks.yaml"
-    cfg.write_text(
-        f"listen: 127.0.0.1:{port}\ninventory: {INVENTORY}\nresolve_interval: 5\n"
-        "endpoints:\n  - {id: dns-localhost, name: a room by host name, address: localhost,\n"
-        "     district: Tỉnh, level: department, parent: tinh-ubnd}\n"
-    )
-    log = tmp / "vcmon.log"
-    env = {**os.environ, "STATE_DIRECTORY": str(tmp)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vcmon", "run", "-c", str(cfg), "--log-level", "info"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_limit_fds, cwd=tmp,
-        )  # fmt: skip
-    daemon = Daemon(proc, port, log)
-    deadline = time.monotonic() + 40
-    while True:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(daemon.base + "/-/ready", timeout=2).status_code == 200:
-                break
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.terminate()
-            raise RuntimeError(f"vcmon did not become ready:\n{log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    for line in log.read_text().splitlines():
-        if "event=fd_limit" in line:
-            daemon.fd_limit = line.split("event=fd_limit", 1)[1].strip()
-    return daemon
+CONFIG = (
+    f"inventory: {INVENTORY}\nresolve_interval: 5\n"
+    "endpoints:\n  - {id: dns-localhost, name: a room by host name, address: localhost,\n"
+    "     district: Tỉnh, level: department, parent: tinh-ubnd}\n"
+)
 
 
 # ── attackers ───────────────────────────────────────────────────────────────────────────
@@ -222,7 +138,7 @@ async def combined_flood(daemon: Daemon, duration: float) -> list[Row]:
     pid = daemon.proc.pid
     async with httpx.AsyncClient(timeout=30) as client:  # keep-alive, like Prometheus
         _, text = await _scrape(client, daemon)
-        skipped0 = _metric(text, "vcmon_rounds_skipped_total")
+        skipped0 = metric_sum(text, "vcmon_rounds_skipped_total")
         down0 = await _down(client, daemon)
         baseline = [(await _scrape(client, daemon))[0] for _ in range(10)]
         rss0 = rss_mb(pid)
@@ -253,14 +169,14 @@ async def combined_flood(daemon: Daemon, duration: float) -> list[Row]:
         down_seen, failures = set(down0) | set(scraped["down"]), scraped["failures"]
         await asyncio.gather(*tasks, return_exceptions=True)
         _, text = await _scrape(client, daemon)
-    skipped = _metric(text, "vcmon_rounds_skipped_total") - skipped0
+    skipped = metric_sum(text, "vcmon_rounds_skipped_total") - skipped0
     rejected = {
         s.labels["reason"]: int(s.value)
         for fam in text_string_to_metric_families(text)
         for s in fam.samples
         if s.name == "vcmon_http_connections_rejected_total" and s.value
     }
-    accept_errors = int(_metric(text, "vcmon_http_accept_errors_total"))
+    accept_errors = int(metric_sum(text, "vcmon_http_accept_errors_total"))
     growth = rss_peak - rss0
     p99 = percentile(latencies, 99) * 1000
     healthy_p99 = percentile(healthy, 99) * 1000
@@ -293,9 +209,6 @@ async def combined_flood(daemon: Daemon, duration: float) -> list[Row]:
     ]  # fmt: skip
 
 
-ATTACKS: list[Attack] = [combined_flood]
-
-
 def scrape_loop(base: str, duration: float) -> None:
     """The measuring client: every 0.5 s /metrics, /-/healthy and /api/v1/status, keep-alive."""
     metrics: list[float] = []
@@ -319,42 +232,12 @@ def scrape_loop(base: str, duration: float) -> None:
                "failures": failures}, sys.stdout)  # fmt: skip
 
 
-async def _attack(attack: Attack, daemon: Daemon, duration: float) -> list[Row]:
-    return await attack(daemon, duration)
-
-
-def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--scrape":
-        scrape_loop(sys.argv[2], float(sys.argv[3]))
-        return
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--duration", type=float, default=30.0)
-    args = ap.parse_args()
-    # The attackers need some 4,000 descriptors of their own.
-    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
-    rows: list[Row] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        daemon = start_daemon(Path(tmp))
-        try:
-            for attack in ATTACKS:
-                rows += asyncio.run(_attack(attack, daemon, args.duration))
-        finally:
-            daemon.proc.terminate()
-            daemon.proc.wait(10)
-    width = max(len(r[0]) for r in rows)
-    print(f"daemon started with soft/hard descriptor limit {SOFT}/{HARD}: {daemon.fd_limit}")
-    print(f"{'attack':<{width}} | held? | figure")
-    for attack_name, held, figure in rows:
-        print(f"{attack_name:<{width}} | {'yes' if held else 'NO':<5} | {figure}")
-    save("attacks", {
-        "duration_s": args.duration, "fd_limit": {"soft": SOFT, "hard": HARD,
-                                                  "daemon": daemon.fd_limit},
-        "rows": [{"attack": a, "held": h, "figure": f} for a, h, f in rows],
-        "details": json.loads(json.dumps(daemon.notes)),
-    })  # fmt: skip
-
-
-if __name__ == "__main__":
-    main()
+def flood(tmp: Path, duration: float, notes: dict[str, Any]) -> list[Row]:
+    """The combined flood against the province under a 1024/4096 descriptor limit."""
+    daemon = start_daemon(tmp, CONFIG, fd_limits=(SOFT, HARD))
+    try:
+        rows = asyncio.run(combined_flood(daemon, duration))
+    finally:
+        daemon.stop()
+    notes.update(daemon.notes, fd_limit={"soft": SOFT, "hard": HARD, "daemon": daemon.fd_limit})
+    return rows
