@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -233,38 +234,53 @@ class Checked:
         return lines[0] if lines else ""
 
 
+# Runs vcmon as `python -m vcmon` does and, on the way out, writes the process's own peak
+# RSS (VmHWM, which execve resets): the rusage of a child forked from this bench counts the
+# bench's own size as the child's floor.
+_MEASURED = """
+import atexit, os, runpy, sys
+
+def _peak() -> None:
+    with open("/proc/self/status") as status:
+        kb = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["VCMON_BENCH_PEAK"], "w") as out:
+        out.write(kb)
+
+atexit.register(_peak)
+sys.argv[0] = "vcmon"
+runpy.run_module("vcmon", run_name="__main__", alter_sys=True)
+"""
+
+
 def run_vcmon(*args: str, within: float = 60.0, cwd: Path | None = None) -> Checked:
-    """`vcmon <args>` to completion (killed after ``within`` s, code -9), measured with
-    os.wait4: its CPU seconds and peak RSS, Python's start-up included."""
-    out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"vcmon-bench-{os.getpid()}.out"
-    err_path = out_path.with_suffix(".err")
-    t0 = time.monotonic()
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        proc = subprocess.Popen([*VCMON, *args], stdout=out, stderr=err, cwd=cwd)
-    deadline = t0 + within
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-        time.sleep(0.01)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.monotonic() - t0
-    try:
-        text_out = out_path.read_text(encoding="utf-8", errors="replace")
-        text_err = err_path.read_text(encoding="utf-8", errors="replace")
-    finally:
-        out_path.unlink(missing_ok=True)
-        err_path.unlink(missing_ok=True)
-    return Checked(
-        proc.returncode,
-        text_out,
-        text_err,
-        usage.ru_utime + usage.ru_stime,
-        usage.ru_maxrss / 1024,
-        wall,
-    )
+    """`vcmon <args>` to completion (killed after ``within`` s: code -9), measured: its CPU
+    seconds (os.wait4) and its own peak RSS, Python's start-up included."""
+    with tempfile.TemporaryDirectory(prefix="vcmon-bench-") as tmp:
+        out_path, err_path, peak_path = (Path(tmp) / n for n in ("out", "err", "peak"))
+        env = {**os.environ, "VCMON_BENCH_PEAK": str(peak_path)}
+        t0 = time.monotonic()
+        with out_path.open("wb") as out, err_path.open("wb") as err:
+            proc = subprocess.Popen([sys.executable, "-c", _MEASURED, *args], stdout=out,
+                                    stderr=err, cwd=cwd, env=env)  # fmt: skip
+        deadline = t0 + within
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+            time.sleep(0.01)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.monotonic() - t0
+        peak = int(peak_path.read_text()) / 1024 if peak_path.exists() else float("nan")
+        return Checked(
+            proc.returncode,
+            out_path.read_text(encoding="utf-8", errors="replace"),
+            err_path.read_text(encoding="utf-8", errors="replace"),
+            usage.ru_utime + usage.ru_stime,
+            peak,
+            wall,
+        )
 
 
 def latencies(daemon: Daemon, path: str, n: int, **kw: Any) -> list[float]:

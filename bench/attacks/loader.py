@@ -7,6 +7,7 @@ to `vcmon check`, which refuses them; no daemon is ever started or reloaded with
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,9 @@ def _text(text: str) -> Make:
     return write
 
 
-def _cases(tmp: Path) -> list[tuple[str, Make]]:
-    """The attack files (name, how to make it at a path); helper files made in ``tmp``."""
+def _cases(tmp: Path) -> list[tuple[str, Make, str]]:
+    """The attack files (name, how to make it at a path, what its error says); helper files
+    made in ``tmp``."""
     fifo = tmp / "rooms.fifo"
     os.mkfifo(fifo)
     (tmp / "loop-a.yaml").symlink_to(tmp / "loop-b.yaml")
@@ -62,26 +64,24 @@ def _cases(tmp: Path) -> list[tuple[str, Make]]:
         GOOD + "alerts:\n  templates:\n    en:\n"
         '      endpoint_down: {summary: "{place:>1500000000} down"}\n'
     )
+    deep = "x-deep: " + "[" * 20_000 + "]" * 20_000 + "\nendpoints:\n"
     return [
-        ("billion-laughs alias bomb", _text(_alias_bomb())),
-        (
-            "20,000-deep nesting",
-            _text(
-                GOOD.replace(
-                    "endpoints:\n", "x-deep: " + "[" * 20_000 + "]" * 20_000 + "\nendpoints:\n"
-                )
-            ),
-        ),
-        ("template {place:>1500000000}", _text(width)),
-        ("include of /dev/zero", _text(GOOD + "inventory: /dev/zero\n")),
-        ("include of a FIFO", _text(GOOD + f"inventory: {fifo.name}\n")),
-        ("include of a symlink loop", _text(GOOD + "inventory: loop-a.yaml\n")),
-        ("the config is a FIFO", fifo_main),
-        ("the config is a symlink loop", loop_main),
+        ("billion-laughs alias bomb", _text(_alias_bomb()), "aliases expand"),
+        ("20,000-deep nesting", _text(GOOD.replace("endpoints:\n", deep)), "nested more than"),
+        ("template {place:>1500000000}", _text(width), "width 1500000000 is too large"),
+        ("include of /dev/zero", _text(GOOD + "inventory: /dev/zero\n"), "a character device"),
+        ("include of a FIFO", _text(GOOD + f"inventory: {fifo.name}\n"), "is a FIFO"),
+        ("include of a symlink loop", _text(GOOD + "inventory: loop-a.yaml\n"), "link loop"),
+        ("the config is a FIFO", fifo_main, "is a FIFO"),
+        ("the config is a symlink loop", loop_main, "link loop"),
     ]
 
 
-ADDRESSES = [("multicast", "ff01::1"), ("unspecified", "0.0.0.0"), ("broadcast", "255.255.255.255")]
+ADDRESSES = [
+    ("multicast", "ff01::1", "is a multicast address"),
+    ("unspecified", "0.0.0.0", "is the unspecified address"),
+    ("broadcast", "255.255.255.255", "is the broadcast address"),
+]
 
 
 def _replace(path: Path, make: Make) -> None:
@@ -93,16 +93,17 @@ def _replace(path: Path, make: Make) -> None:
     os.replace(new, path)
 
 
-def _check_row(name: str, path: Path) -> Row:
+def _check_row(name: str, path: Path, phrase: str) -> Row:
+    """Held: exit 2 with one line saying ``phrase``, no traceback, < 3 s CPU, < 200 MB."""
     c = run_vcmon("check", "-c", str(path), within=30)
     one_line = len(c.err.strip().splitlines()) == 1
-    held = c.code == 2 and one_line and "Traceback" not in c.err and c.cpu_s < 3
-    held = held and c.peak_mb < 200
+    held = c.code == 2 and one_line and phrase in c.err and "Traceback" not in c.err
+    held = held and c.cpu_s < 3 and c.peak_mb < 200
+    said = c.first_error[c.first_error.find(phrase) :] if phrase in c.first_error else c.err
     return (
         f"config: {name} → vcmon check",
         held,
-        f"exit {c.code}, {c.cpu_s:.2f} s CPU, {c.peak_mb:.0f} MB peak: "
-        f"{short(c.first_error.replace(str(path.parent) + '/', ''), 64)!r}",
+        f"exit {c.code}, {c.cpu_s:.2f} s CPU, {c.peak_mb:.0f} MB peak: {short(said, 56)!r}",
     )
 
 
@@ -110,19 +111,19 @@ def attacks(tmp: Path, duration: float, notes: dict[str, Any]) -> list[Row]:
     """`vcmon check` on every attack file, then SIGHUP of a running daemon with each."""
     cases = _cases(tmp)
     rows: list[Row] = []
-    for i, (name, make) in enumerate(cases):
+    for i, (name, make, phrase) in enumerate(cases):
         path = tmp / f"case-{i}.yaml"
         make(path)
-        rows.append(_check_row(name, path))
-    for name, address in ADDRESSES:
+        rows.append(_check_row(name, path, phrase))
+    for name, address, phrase in ADDRESSES:
         path = tmp / f"address-{name}.yaml"
         path.write_text(GOOD.replace("address: 127.0.0.1", f"address: '{address}'"), "utf-8")
-        rows.append(_check_row(f"endpoint address {address} ({name})", path))
+        rows.append(_check_row(f"endpoint address {address} ({name})", path, phrase))
     rows.append(_sighup(tmp, cases, notes))
     return rows
 
 
-def _sighup(tmp: Path, cases: list[tuple[str, Make]], notes: dict[str, Any]) -> Row:
+def _sighup(tmp: Path, cases: list[tuple[str, Make, str]], notes: dict[str, Any]) -> Row:
     """Each bad file in turn as the running daemon's config, SIGHUP, then a good one."""
     failed: list[str] = []
     with running(tmp, GOOD, name="reload") as d:
@@ -132,20 +133,22 @@ def _sighup(tmp: Path, cases: list[tuple[str, Make]], notes: dict[str, Any]) -> 
             return d.log_count("event=config_reload_failed")
 
         rss0 = rss_mb(d.proc.pid)
-        for name, make in cases:
+        for name, make, phrase in cases:
             before = failures()
             _replace(d.config, make)
-            d.proc.send_signal(1)  # SIGHUP
+            d.proc.send_signal(signal.SIGHUP)
             try:
                 wait_until(lambda: failures() > before, 15, f"the reload of {name} refused")  # noqa: B023
             except TimeoutError:
                 failed.append(f"{name}: not refused")
+            if phrase not in d.log_text().rsplit("event=config_reload_failed", 1)[-1]:
+                failed.append(f"{name}: refused without saying {phrase!r}")
             if not d.running() or d.metric("vcmon_config_last_reload_successful") != 0:
                 failed.append(f"{name}: daemon down or metric not 0")
                 break
         rss1 = rss_mb(d.proc.pid)
         _replace(d.config, _text(listen + GOOD + EXTRA))
-        d.proc.send_signal(1)
+        d.proc.send_signal(signal.SIGHUP)
         try:
             wait_until(
                 lambda: d.metric("vcmon_config_last_reload_successful") == 1,
