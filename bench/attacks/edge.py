@@ -3,7 +3,9 @@ expressions that froze the event loop, against real daemons on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -72,13 +74,32 @@ def attacks(tmp: Path, duration: float, notes: dict[str, Any]) -> list[Row]:
             if path == "/api/v1/silences":
                 kept = f"silence list {'unchanged' if after == before else 'CHANGED'}, {after[0]}"
             rows.append((name, held, f"{resp.status_code} {short(error, 64)!r}; {kept}"))
-    with running(tmp, CONFIG) as d:  # the same state file: nothing stored can break a listing
+    # A row no API accepts any more, as an older vcmon could store it: year 9999 + 30 days.
+    (db_path,) = (tmp / "vcmon-state").glob("*.db")
+    starts = 253402297200.0  # 9999-12-31T23:00:00Z
+    old: dict[str, Any] = {
+        "id": "from-9999",
+        "matchers": {"district": "D0"},
+        "starts_at": starts,
+        "ends_at": starts + 30 * 86400,
+        "created_by": "old",
+        "comment": "",
+        "created_at": 0.0,
+    }
+    with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+        db.execute(
+            "INSERT INTO silences (id, ends_at, body) VALUES (?, ?, ?)",
+            (old["id"], old["ends_at"], json.dumps(old)),
+        )
+    with running(tmp, CONFIG) as d:  # the same state file: no stored row can break a listing
         again = _listing(d)
+        status = d.get("/api/v1/status").status_code
+    listed = [s["id"] for s in json.loads(again[1])["silences"]] if again[0] == 200 else []
     rows.append(
         (
-            "edge: silence list after a restart",
-            again == before,
-            f"{again[0]}, {len(json.loads(again[1])['silences'])} silences",
+            "edge: stored silence past year 9999, listed after a restart",
+            again[0] == 200 and listed == ["from-9999"] and status == 200,
+            f"GET /api/v1/silences {again[0]} ({len(listed)} listed), status {status}",
         )
     )
     return rows

@@ -25,6 +25,7 @@ URL_PASSWORD = "url-Planted-Passw0rd"
 HOOK = "hook-benchPlantedPath77"
 MQTT_PASSWORD = "mqtt-Planted-Passw0rd"
 NUMBER_PASSWORD = "98765432"
+SINKS = ("telegram", "userinfo", "mqtt")
 SECRETS = (TG_TOKEN, "AAFbenchPlantedToken", URL_PASSWORD, HOOK, MQTT_PASSWORD)
 
 
@@ -55,12 +56,10 @@ def attacks(tmp: Path, duration: float, notes: dict[str, Any]) -> list[Row]:
         ) as d:
 
             def failed_sends() -> bool:
+                # A failing sink is logged when it starts failing, not at every retry.
                 text = d.log_text()
-                return (
-                    "sink=telegram" in text
-                    and "sink=userinfo" in text
-                    and ("mqtt_connect_failed" in text)
-                )
+                failed = all(f"sink_send_failed sink={s}" in text for s in SINKS)
+                return failed and "mqtt_connect_failed" in text
 
             wait_until(failed_sends, 30, "failed sends to every sink logged")
         log = d.log_text()

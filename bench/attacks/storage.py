@@ -170,14 +170,14 @@ def _truncated(tmp: Path) -> Row:
     config = tmp / "trunc.yaml"
     config.write_text(f"listen: 127.0.0.1:{free_port()}\n" + _config(state), encoding="utf-8")
     ran = run_vcmon("run", "-c", str(config), within=20)
-    said = next((line for line in ran.err.splitlines() if "empty" in line), ran.first_error)
+    said = next((line for line in ran.err.splitlines() if "is empty" in line), ran.first_error)
+    said = said[said.find("is empty") :]
     size = state.stat().st_size
     held = ran.code not in (0, -9) and "empty (0 bytes)" in said and size == 0
     return (
         "storage: state file truncated to 0 bytes",
         held and "Traceback" not in ran.err,
-        f"exit {ran.code} in {ran.wall_s:.1f} s, file still {size} bytes: "
-        f"{short(said.split(': ', 1)[-1].replace(str(tmp), ''), 60)!r}",
+        f"exit {ran.code} in {ran.wall_s:.1f} s, file still {size} bytes: {short(said, 64)!r}",
     )
 
 
