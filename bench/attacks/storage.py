@@ -23,6 +23,7 @@ from bench.attacks.common import (
     running,
     short,
     skipped,
+    start_daemon,
     wait_until,
 )
 
@@ -163,6 +164,43 @@ def _read_only_dir(tmp: Path, notes: dict[str, Any]) -> Row:
     )
 
 
+def _read_only_while_running(tmp: Path, notes: dict[str, Any]) -> Row:
+    """The state directory remounted read-only under a running daemon, which is then
+    restarted under it; then the mount goes and the file is writable again."""
+    state = tmp / "rw"
+    state.mkdir()
+    config = _config(state / "vcmon.db")
+    with running(tmp, config, name="rw") as d:
+        with _mounted(["--bind", str(state)], state):
+            subprocess.run(["mount", "-o", "remount,ro,bind", str(state)], check=True)
+            rounds0 = _rounds(d)
+            d.reload(_config(state / "vcmon.db", 20))  # new decisions to write
+            wait_until(lambda: _rounds(d) >= rounds0 + 3 * 24, 15, "rounds go on")
+            first = d.running()
+            d.stop()
+            again = start_daemon(tmp, config, name="rw-restart", wait="/-/healthy")
+            try:
+                rounds0 = _rounds(again)
+                wait_until(lambda: _rounds(again) >= rounds0 + 8, 15, "rounds go on")
+                ready = again.get("/-/ready")
+                error = str(_store(again)["error"])
+            except BaseException:
+                again.stop()
+                raise
+        try:
+            recovered = wait_until(lambda: again.get("/-/ready").status_code == 200, 20, "ready")
+            alive = again.running()
+        finally:
+            again.stop()
+    notes["read_only_while_running"] = error
+    return (
+        "storage: state directory remounted read-only, then a restart",
+        first and alive and ready.status_code == 503 and "read-only" in error and recovered,
+        f"first daemon ran on; restarted under it: probing, /-/ready {ready.status_code} "
+        f"({short(error.split('vcmon.db: ', 1)[-1], 40)!r}); writable again → ready 200",
+    )
+
+
 def _truncated(tmp: Path) -> Row:
     state = tmp / "trunc" / "vcmon.db"
     state.parent.mkdir(mode=0o700)
@@ -184,7 +222,11 @@ def _truncated(tmp: Path) -> Row:
 def attacks(tmp: Path, duration: float, notes: dict[str, Any]) -> list[Row]:
     """Full disk, read-only directory, truncated file."""
     if is_root():
-        rows = [*_full_disk(tmp, notes), _read_only_dir(tmp, notes)]
+        rows = [
+            *_full_disk(tmp, notes),
+            _read_only_dir(tmp, notes),
+            _read_only_while_running(tmp, notes),
+        ]
     else:
         rows = [
             skipped(f"storage: {what}", "needs root (tmpfs, bind mount)")
@@ -192,6 +234,7 @@ def attacks(tmp: Path, duration: float, notes: dict[str, Any]) -> list[Row]:
                 "state file on a full tmpfs, while running",
                 "the disk freed",
                 "read-only state directory at start",
+                "state directory remounted read-only, then a restart",
             )
         ]
     return [*rows, _truncated(tmp)]
