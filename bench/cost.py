@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shutil
 import subprocess
@@ -60,7 +61,7 @@ def wakeups(pid: int) -> int:
 
 
 def _sent(base: str) -> float:
-    text = httpx.get(base + "/metrics", timeout=10).text
+    text = httpx.get(base + "/metrics", timeout=120).text
     return sum(
         s.value
         for fam in text_string_to_metric_families(text)
@@ -79,6 +80,17 @@ def _generated_inventory(n: int, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _lag_buckets(base: str) -> dict[float, float]:
+    """The daemon's scheduler lag histogram: rounds that started within each bound."""
+    text = httpx.get(base + "/metrics", timeout=120).text
+    return {
+        float(s.labels["le"]): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "vcmon_scheduler_lag_seconds_bucket"
+    }
+
+
 def measure_scrapes(pid: int, base: str, count: int) -> dict[str, Any]:
     """``count`` back-to-back scrapes as Prometheus sends them, on one keep-alive connection.
 
@@ -90,7 +102,8 @@ def measure_scrapes(pid: int, base: str, count: int) -> dict[str, Any]:
     background = (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
     walls: list[float] = []
     wire = body = 0
-    with httpx.Client(timeout=60, headers=PROMETHEUS_HEADERS) as client:
+    lag0 = _lag_buckets(base)
+    with httpx.Client(timeout=120, headers=PROMETHEUS_HEADERS) as client:
         client.get(base + "/-/healthy")  # connect outside the measure
         c0, t0 = cpu_seconds(pid), time.monotonic()
         for _ in range(count):
@@ -100,6 +113,9 @@ def measure_scrapes(pid: int, base: str, count: int) -> dict[str, Any]:
             r.raise_for_status()
             wire, body = int(r.headers["content-length"]), len(r.content)
         cpu = cpu_seconds(pid) - c0 - background * (time.monotonic() - t0)
+    # Rounds that started during the scrapes (and the two lag reads), by lateness.
+    lag = {le: n - lag0.get(le, 0.0) for le, n in _lag_buckets(base).items()}
+    rounds = lag[math.inf]
     return {
         "scrapes": count,
         "scrape_cpu_s": round(max(0.0, cpu) / count, 4),
@@ -109,6 +125,9 @@ def measure_scrapes(pid: int, base: str, count: int) -> dict[str, Any]:
         "scrape_wire_bytes": wire,
         "content_type": r.headers["content-type"],
         "content_encoding": r.headers.get("content-encoding", "identity"),
+        "rounds_during_scrapes": int(rounds),
+        "rounds_later_than_10ms": int(rounds - lag[0.01]),
+        "rounds_later_than_50ms": int(rounds - lag[0.05]),
     }
 
 
@@ -243,6 +262,10 @@ def main() -> None:
         f"({v['scrape_wire_bytes'] / 1e6:.2f} MB sent); scraped every 15 s, vcmon would use "
         f"{v['cpu_s_per_1000_scraped_15s']} CPU s/1000 echoes"
         + (f" ({v['cpu_s_per_1000_scraped_15s'] / f['cpu_s_per_1000']:.2f}x fping)" if f else "")
+    )
+    print(
+        f"rounds started during the scrapes: {v['rounds_during_scrapes']}, later than 10 ms: "
+        f"{v['rounds_later_than_10ms']}, later than 50 ms: {v['rounds_later_than_50ms']}"
     )
     doc = {"targets": len(addresses), "duration_s": args.duration, "vcmon": v, "fping": f}
     name = "cost" if args.endpoints is None else f"cost-{args.endpoints}"
