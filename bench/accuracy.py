@@ -65,12 +65,12 @@ from vcmon.lab import netns
 from vcmon.lab.netns import ENDPOINT_NET, Lab, LabNames
 from vcmon.lab.profiles import Distribution, Profile
 from vcmon.lab.responder import EchoTruth
-from vcmon.probes.base import Outcome, Probe, RoundResult, RoundSettings, Tally
-from vcmon.probes.icmp import IcmpEngine, IcmpProbe
-from vcmon.resolve import Resolver
-from vcmon.results import Results
-from vcmon.scheduler import Scheduler
-from vcmon.stats import ipdv_jitter
+from vcmon.measure.probes.base import Outcome, Probe, RoundResult, RoundSettings, Tally
+from vcmon.measure.probes.icmp import IcmpEngine, IcmpProbe
+from vcmon.measure.resolver import Resolver
+from vcmon.measure.results import Results
+from vcmon.measure.scheduler import Scheduler
+from vcmon.measure.stats import ipdv_jitter
 
 ROOT = Path(__file__).resolve().parent.parent
 INVENTORY = ROOT / "config" / "province-231.yaml"

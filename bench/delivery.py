@@ -27,9 +27,9 @@ from prometheus_client import CollectorRegistry
 from bench.common import percentile, save
 from vcmon.alerts.runtime import AlertRuntime
 from vcmon.config import load_config
-from vcmon.delivery import Delivery
-from vcmon.results import Results
-from vcmon.stats import Observation
+from vcmon.delivery.dispatch import Delivery
+from vcmon.measure.results import Results
+from vcmon.measure.stats import Observation
 
 
 async def receiver() -> tuple[asyncio.Server, int, list[float]]:

@@ -37,12 +37,12 @@ def _write_config(n: int, path: Path) -> None:
 
 async def _measure(n: int, duration: float, warmup: float, tick: float | None) -> dict[str, Any]:
     from vcmon.config import load_config
-    from vcmon.metrics import build_registry
-    from vcmon.probes.icmp import IcmpEngine
-    from vcmon.probes.registry import build_probes
-    from vcmon.resolve import Resolver
-    from vcmon.results import Results
-    from vcmon.scheduler import Scheduler
+    from vcmon.http.metrics import build_registry
+    from vcmon.measure.probes.icmp import IcmpEngine
+    from vcmon.measure.probes.registry import build_probes
+    from vcmon.measure.resolver import Resolver
+    from vcmon.measure.results import Results
+    from vcmon.measure.scheduler import Scheduler
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "scale.yaml"

@@ -14,12 +14,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from vcmon.alerts.runtime import AlertRuntime
-from vcmon.api import MAX_SILENCE, Api, BadInput, parse_duration, serve
 from vcmon.clock import FakeClock
 from vcmon.config import load_config
-from vcmon.httpserver import HttpServer
-from vcmon.results import Results
-from vcmon.stats import Observation
+from vcmon.http.api import MAX_SILENCE, Api, BadInput, parse_duration, serve
+from vcmon.http.server import HttpServer
+from vcmon.measure.results import Results
+from vcmon.measure.stats import Observation
 
 from .helpers import free_port
 
@@ -445,7 +445,7 @@ async def test_edge_checks_of_queries(env: Env, query: str) -> None:
 
 
 async def test_a_stored_silence_out_of_range_cannot_break_a_listing(env: Env) -> None:
-    from vcmon.alerts.policy import Matchers
+    from vcmon.config.alerts import Matchers
 
     # Written before the API checked times: it must list, not answer 500.
     env.runtime.add_silence(Matchers(district="X"), 1e13, "old", "from before the checks")

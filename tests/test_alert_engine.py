@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from vcmon.health import State
+from vcmon.alerts.health import State
 
 from .alert_harness import START, Harness, ep, obs
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from vcmon.alerts.grouping import Grouper, GroupPolicy, Notification, group_labels
+from vcmon.delivery.grouping import Grouper, GroupPolicy, Notification, group_labels
 
 AM = GroupPolicy()  # Alertmanager's timings: wait 30 s, interval 5 min, repeat 4 h
 H4 = 14400

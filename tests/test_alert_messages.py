@@ -19,7 +19,7 @@ from vcmon.alerts.messages import (
     placeholders,
 )
 from vcmon.alerts.model import Kind, Measurements, Severity, Status, Target
-from vcmon.alerts.policy import AlertsConfig, Template
+from vcmon.config.alerts import AlertsConfig, Template
 
 START = 1_800_000_000.0  # Friday 2027-01-15, 15:00 in Asia/Ho_Chi_Minh
 F, R = Status.FIRING, Status.RESOLVED

@@ -33,7 +33,6 @@ from vcmon.alerts.model import (
     Status,
     Target,
 )
-from vcmon.alerts.policy import Matchers
 from vcmon.alerts.store import (
     SCHEMA_VERSION,
     Store,
@@ -48,6 +47,7 @@ from vcmon.alerts.store import (
     target_from_json,
     target_to_json,
 )
+from vcmon.config.alerts import Matchers
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = Target("co-to", "UBND huyện Cô Tô", "127.0.0.1", "Cô Tô", "district", {"link": "viba"})

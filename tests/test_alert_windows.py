@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from vcmon.alerts.model import Target
-from vcmon.alerts.policy import MaintenanceWindow, WeeklyRange
 from vcmon.alerts.windows import active_windows, in_range, is_open, next_change
+from vcmon.config.alerts import MaintenanceWindow, WeeklyRange
 
 HCM = "Asia/Ho_Chi_Minh"
 BERLIN = "Europe/Berlin"

@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from vcmon.alerts.runtime import AlertRuntime
-from vcmon.api import Api
 from vcmon.clock import FakeClock
 from vcmon.config import load_config
-from vcmon.httpserver import Handler, Request, Response
-from vcmon.results import Results
-from vcmon.webauth import Access
+from vcmon.http.api import Api
+from vcmon.http.auth import Access
+from vcmon.http.server import Handler, Request, Response
+from vcmon.measure.results import Results
 
 CONFIG = """
 listen: 127.0.0.1:9231

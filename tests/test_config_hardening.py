@@ -17,7 +17,6 @@ import pytest
 from vcmon import cli
 from vcmon.alerts.messages import MAX_WIDTH, Messages, spec_problem
 from vcmon.alerts.model import Kind, Measurements, Severity, Status, Target
-from vcmon.alerts.policy import Template
 from vcmon.config import (
     MAX_FILE_BYTES,
     ConfigError,
@@ -29,7 +28,8 @@ from vcmon.config import (
     redact_url,
     scrub,
 )
-from vcmon.inventory import import_csv
+from vcmon.config.alerts import Template
+from vcmon.config.inventory_import import import_csv
 
 BAD = Path(__file__).parent / "bad_configs"
 ROOT = "{id: tinh, name: Trung tâm tỉnh, address: 127.0.0.1, district: Tỉnh, level: province}"

@@ -17,7 +17,7 @@ import aiomqtt
 import httpx
 import pytest
 
-from vcmon.sinks.webhook import verify_signature
+from vcmon.delivery.sinks.webhook import verify_signature
 
 from .conftest import ProvinceLab, ProvinceLabFactory
 from .mosquitto import Mosquitto, missing

@@ -38,9 +38,10 @@ from typing import Any
 import pytest
 import yaml
 
-from vcmon import cli, webauth
+from vcmon import cli
 from vcmon.alerts.runtime import state_path
 from vcmon.config import ConfigError, load_config
+from vcmon.http import auth as webauth
 
 from .helpers import wait_for
 

@@ -713,7 +713,7 @@ def webhook_group_schema() -> dict[str, Any]:
         "title": "vcmon native webhook body, grouped",
         "description": "Body of a webhook sink with `body: vcmon` and a `group:` policy: one "
         "notification about a group of alerts, sent with the Standard Webhooks headers "
-        "(webhook-id = data.id). Generated from vcmon.alerts.grouping by "
+        "(webhook-id = data.id). Generated from vcmon.delivery.grouping by "
         "tests/test_exporters.py.",
         "type": "object",
         "required": ["type", "timestamp", "data"],
@@ -843,7 +843,7 @@ def validate(doc: Any, schema: Mapping[str, Any]) -> list[str]:
 
 
 def test_real_events_match_the_schemas() -> None:
-    from vcmon.outbox_cli import test_events
+    from vcmon.cli.outbox import test_events
 
     event = json.loads((SCHEMAS / "alert-event.schema.json").read_text(encoding="utf-8"))
     envelope = json.loads((SCHEMAS / "webhook-vcmon.schema.json").read_text(encoding="utf-8"))
@@ -857,8 +857,8 @@ def test_real_events_match_the_schemas() -> None:
 
 
 def test_grouped_bodies_match_their_schema() -> None:
-    from vcmon.alerts.grouping import Grouper, GroupPolicy
-    from vcmon.sinks.webhook_bodies import group_body_for
+    from vcmon.delivery.grouping import Grouper, GroupPolicy
+    from vcmon.delivery.sinks.webhook_bodies import group_body_for
 
     schema = json.loads((SCHEMAS / "webhook-vcmon-group.schema.json").read_text(encoding="utf-8"))
     grouper = Grouper(GroupPolicy())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vcmon.alerts.policy import FlapPolicy, HealthPolicy
-from vcmon.health import Reach, flap_pct, step
+from vcmon.alerts.health import Reach, flap_pct, step
+from vcmon.config.alerts import FlapPolicy, HealthPolicy
 
 T, F = True, False
 

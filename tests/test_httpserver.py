@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from vcmon.httpserver import (
+from vcmon.http.metrics import HttpCollector
+from vcmon.http.server import (
     HttpServer,
     Limits,
     RateLimitedLog,
@@ -30,7 +31,6 @@ from vcmon.httpserver import (
     connection_cap,
     text,
 )
-from vcmon.metrics import HttpCollector
 
 
 async def _hello(request: Request) -> Response:
@@ -484,7 +484,7 @@ async def test_accept_failures_are_counted_and_logged_once(
         for c in clients:
             with contextlib.suppress(BlockingIOError):
                 c.connect(("127.0.0.1", srv.port))
-        with caplog.at_level(logging.ERROR, logger="vcmon.httpserver"):
+        with caplog.at_level(logging.ERROR, logger="vcmon.http.server"):
             await _until(lambda: srv.counters["accept_error"] >= 20, 3, "failed accepts")
         lines = [r for r in caplog.records if r.getMessage() == "http_accept_failed"]
         assert len(lines) == 1
@@ -604,8 +604,8 @@ async def test_the_bounds_are_exported_as_metrics() -> None:
 
 
 async def test_concurrent_scrapes_share_one_render() -> None:
-    from vcmon.api import Api
-    from vcmon.results import Results
+    from vcmon.http.api import Api
+    from vcmon.measure.results import Results
 
     renders = 0
 

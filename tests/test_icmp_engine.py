@@ -28,9 +28,9 @@ from typing import TypeVar
 
 import pytest
 
-from vcmon.probes.base import Outcome, RoundResult, RoundSettings, Tally
-from vcmon.probes.icmp import IcmpEngine, IcmpProbe, IcmpUnavailable, _Pacer, detect_mode
-from vcmon.probes.icmp_packet import (
+from vcmon.measure.probes.base import Outcome, RoundResult, RoundSettings, Tally
+from vcmon.measure.probes.icmp import IcmpEngine, IcmpProbe, IcmpUnavailable, _Pacer, detect_mode
+from vcmon.measure.probes.icmp_packet import (
     build_echo_reply,
     build_echo_request,
     build_error,
@@ -38,8 +38,8 @@ from vcmon.probes.icmp_packet import (
     build_ipv6_header,
     ipv4_header_length,
 )
-from vcmon.probes.registry import PROBE_NAMES, PROBES, build_probes
-from vcmon.stats import ipdv_jitter
+from vcmon.measure.probes.registry import PROBE_NAMES, PROBES, build_probes
+from vcmon.measure.stats import ipdv_jitter
 
 T = TypeVar("T")
 
@@ -502,7 +502,7 @@ def _run_without_cap_net_raw(code: str, ping_group_range: str | None) -> str:
 
 def test_without_privileges_the_error_names_every_fix() -> None:
     code = (
-        "from vcmon.probes.icmp import IcmpUnavailable, detect_mode\n"
+        "from vcmon.measure.probes.icmp import IcmpUnavailable, detect_mode\n"
         "try:\n    detect_mode('auto')\nexcept IcmpUnavailable as exc:\n    print(exc)\n"
     )
     message = _run_without_cap_net_raw(code, ping_group_range=None)
@@ -515,8 +515,8 @@ def test_without_privileges_the_error_names_every_fix() -> None:
 def test_auto_falls_back_to_datagram_sockets() -> None:
     code = (
         "import asyncio\n"
-        "from vcmon.probes.icmp import IcmpEngine, detect_mode\n"
-        "from vcmon.probes.base import RoundSettings, Tally\n"
+        "from vcmon.measure.probes.icmp import IcmpEngine, detect_mode\n"
+        "from vcmon.measure.probes.base import RoundSettings, Tally\n"
         "async def main():\n"
         "    async with IcmpEngine() as e:\n"
         "        r = await e.ping_round('127.0.0.1', RoundSettings(3, 0.01, 1.0), Tally())\n"
@@ -527,7 +527,7 @@ def test_auto_falls_back_to_datagram_sockets() -> None:
 
 
 def test_unavailable_is_raised_by_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vcmon.probes.icmp as icmp
+    import vcmon.measure.probes.icmp as icmp
 
     def deny(family: int, kind: str) -> socket.socket:
         raise PermissionError(1, "Operation not permitted")
@@ -545,7 +545,7 @@ def test_unavailable_is_raised_by_start(monkeypatch: pytest.MonkeyPatch) -> None
 async def test_missing_ipv6_does_not_break_ipv4(monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    import vcmon.probes.icmp as icmp
+    import vcmon.measure.probes.icmp as icmp
 
     real = icmp.open_icmp_socket
 

@@ -23,9 +23,9 @@ import pytest
 from vcmon.lab.netns import Lab, in_netns
 from vcmon.lab.profiles import Profile
 from vcmon.lab.responder import EchoTruth
-from vcmon.probes.base import Outcome, RoundResult, RoundSettings, Tally
-from vcmon.probes.icmp import IcmpEngine
-from vcmon.stats import ipdv_jitter
+from vcmon.measure.probes.base import Outcome, RoundResult, RoundSettings, Tally
+from vcmon.measure.probes.icmp import IcmpEngine
+from vcmon.measure.stats import ipdv_jitter
 
 from .conftest import LabFactory
 

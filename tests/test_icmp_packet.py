@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vcmon.probes.icmp_packet import (
+from vcmon.measure.probes.icmp_packet import (
     SO_EE_ORIGIN_ICMP,
     SO_EE_ORIGIN_ICMP6,
     EchoReply,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vcmon.config import Endpoint, load_config
-from vcmon.inventory import RowError, import_csv
+from vcmon.config.inventory_import import RowError, import_csv
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "rooms-example.csv"
 

@@ -8,8 +8,8 @@ import pytest
 
 from vcmon.config import Endpoint, Level, Timing, load_config
 from vcmon.lab.demo import LOOPBACK_CONFIG, Plan, Snapshot, district_rows, prepare_loopback
-from vcmon.results import Results
-from vcmon.stats import Observation
+from vcmon.measure.results import Results
+from vcmon.measure.stats import Observation
 
 
 def room(id: str, district: str) -> Endpoint:

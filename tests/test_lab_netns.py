@@ -31,7 +31,7 @@ from vcmon.lab.netns import (
 )
 from vcmon.lab.profiles import LAB_NET, Profile
 from vcmon.lab.responder import wait_until
-from vcmon.probes.icmp_packet import checksum
+from vcmon.measure.probes.icmp_packet import checksum
 
 from .conftest import LabFactory
 

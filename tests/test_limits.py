@@ -11,7 +11,7 @@ import pytest
 
 CHILD = """
 import logging, resource, sys
-from vcmon.limits import raise_fd_limit
+from vcmon.http.limits import raise_fd_limit
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 print(raise_fd_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 """

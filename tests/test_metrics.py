@@ -25,9 +25,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from vcmon.api import Api
+from vcmon.alerts.health import State
 from vcmon.config import load_config
-from vcmon.exposition import (
+from vcmon.http.api import Api
+from vcmon.http.exposition import (
     EndpointExposition,
     accepts_gzip,
     chunks,
@@ -35,9 +36,7 @@ from vcmon.exposition import (
     format_value,
     negotiate,
 )
-from vcmon.health import State
-from vcmon.httpserver import Request
-from vcmon.metrics import (
+from vcmon.http.metrics import (
     BASE_LABELS,
     ENDPOINT_FAMILIES,
     INFO,
@@ -46,9 +45,10 @@ from vcmon.metrics import (
     build_registry,
     info_fields,
 )
-from vcmon.probes.base import Echo, Outcome, RoundResult
-from vcmon.results import RTT_BUCKETS, EndpointRecord, Results
-from vcmon.stats import observe
+from vcmon.http.server import Request
+from vcmon.measure.probes.base import Echo, Outcome, RoundResult
+from vcmon.measure.results import RTT_BUCKETS, EndpointRecord, Results
+from vcmon.measure.stats import observe
 
 # prometheus_client's OpenMetrics modules and utils carry no annotations.
 _om_latest: Callable[[CollectorRegistry], bytes] = om_exposition.generate_latest

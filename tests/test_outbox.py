@@ -17,8 +17,8 @@ import pytest
 
 from vcmon.alerts.model import AlertEvent, Changes, Kind, Measurements, Severity, Status, Target
 from vcmon.alerts.store import Store
-from vcmon.outbox import Backoff, Dispatcher
-from vcmon.sinks.base import Gone, Reject, Retry, SinkError
+from vcmon.delivery.outbox import Backoff, Dispatcher
+from vcmon.delivery.sinks.base import Gone, Reject, Retry, SinkError
 
 TARGET = Target("a", "UBND xã A", "127.0.0.1", "Cô Tô", "commune")
 FAST = Backoff(base=0.001, cap=0.01)
@@ -217,8 +217,8 @@ def test_backoff_grows_and_is_capped() -> None:
 async def test_outbox_retry_requeues_dead_letters_for_a_running_dispatcher(
     tmp_path: Path,
 ) -> None:
+    from vcmon.cli.outbox import backlog, retry_dead_letters
     from vcmon.config import load_config
-    from vcmon.outbox_cli import backlog, retry_dead_letters
 
     path = tmp_path / "vcmon.yaml"
     path.write_text(
@@ -277,7 +277,7 @@ def test_outbox_command_lists_backlog_and_dead_letters(
 def test_every_registered_sink_type_is_in_the_config_schema() -> None:
     from typing import get_args
 
-    from vcmon.sinks.registry import SINKS, SinkConfig
+    from vcmon.delivery.sinks.registry import SINKS, SinkConfig
 
     union = get_args(get_args(SinkConfig)[0])
     assert {cfg for cfg, _ in SINKS.values()} == set(union)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from vcmon.alerts.grouping import GroupPolicy, Notification
 from vcmon.alerts.model import (
     Alert,
     AlertEvent,
@@ -23,8 +22,9 @@ from vcmon.alerts.model import (
 )
 from vcmon.alerts.store import Store
 from vcmon.clock import FakeClock
-from vcmon.outbox import Backoff, Dispatcher
-from vcmon.sinks.base import Reject, Retry, SinkError
+from vcmon.delivery.grouping import GroupPolicy, Notification
+from vcmon.delivery.outbox import Backoff, Dispatcher
+from vcmon.delivery.sinks.base import Reject, Retry, SinkError
 
 from .test_outbox import ScriptedSink, until
 

@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from vcmon.alerts.model import Target, matches
-from vcmon.alerts.patterns import MAX_PATTERN, PatternError, compile_pattern, full_match
-from vcmon.alerts.policy import Matchers
+from vcmon.config.alerts import Matchers
+from vcmon.config.patterns import MAX_PATTERN, PatternError, compile_pattern, full_match
 
 # Each takes Python's backtracking engine seconds to years on the inputs below.
 CATASTROPHIC = [

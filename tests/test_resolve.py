@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vcmon.resolve import ResolveError, Resolver, ip_literal
+from vcmon.measure.resolver import ResolveError, Resolver, ip_literal
 
 
 @pytest.mark.parametrize(

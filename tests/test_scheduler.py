@@ -10,11 +10,18 @@ import math
 import pytest
 
 from vcmon.config import Endpoint, Level, Timing
-from vcmon.probes.base import RoundResult, RoundSettings, Tally
-from vcmon.probes.icmp import IcmpEngine, IcmpProbe, grid_after, grid_up, send_time, send_times
-from vcmon.resolve import Resolver
-from vcmon.results import Results
-from vcmon.scheduler import (
+from vcmon.measure.probes.base import RoundResult, RoundSettings, Tally
+from vcmon.measure.probes.icmp import (
+    IcmpEngine,
+    IcmpProbe,
+    grid_after,
+    grid_up,
+    send_time,
+    send_times,
+)
+from vcmon.measure.resolver import Resolver
+from vcmon.measure.results import Results
+from vcmon.measure.scheduler import (
     ROUNDS_PER_TICK,
     TICKS,
     Scheduler,
@@ -32,7 +39,7 @@ def room(i: int, **timing: float) -> Endpoint:
                     timing=Timing.model_validate(timing))  # fmt: skip
 
 
-# -- grid arithmetic (vcmon.probes.icmp) -------------------------------------------------------
+# -- grid arithmetic (vcmon.measure.probes.icmp) ---------------------------------------------
 
 
 @pytest.mark.parametrize(

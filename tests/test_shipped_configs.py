@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vcmon.alerts.policy import AlertsConfig, DistrictRule, QualityPolicy, QualityRule
 from vcmon.config import Config, EndpointSpec, IcmpSettings, Level, Timing, load_config
-from vcmon.inventory import import_csv
+from vcmon.config.alerts import AlertsConfig, DistrictRule, QualityPolicy, QualityRule
+from vcmon.config.inventory_import import import_csv
 from vcmon.text import slugify
 
 CONFIG = Path(__file__).parent.parent / "config"

@@ -16,16 +16,17 @@ from typing import Any, TypeVar
 import pytest
 from prometheus_client import CollectorRegistry
 
-from vcmon import cli, silence_cli
+from vcmon import cli
 from vcmon.alerts.model import Silence
 from vcmon.alerts.runtime import AlertRuntime
-from vcmon.api import Api, serve
+from vcmon.cli import api_commands as silence_cli
+from vcmon.cli.api_commands import Cell
 from vcmon.clock import FakeClock
 from vcmon.config import load_config
-from vcmon.httpserver import HttpServer
-from vcmon.results import Results
-from vcmon.silence_cli import Cell
-from vcmon.stats import Observation
+from vcmon.http.api import Api, serve
+from vcmon.http.server import HttpServer
+from vcmon.measure.results import Results
+from vcmon.measure.stats import Observation
 
 from .helpers import free_port
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from vcmon.alerts.model import AlertEvent, Kind, Measurements, Severity, Status, Target
-from vcmon.sinks.alertmanager import AlertmanagerConfig, AlertmanagerSink
-from vcmon.sinks.base import Reject, Retry
+from vcmon.delivery.sinks.alertmanager import AlertmanagerConfig, AlertmanagerSink
+from vcmon.delivery.sinks.base import Reject, Retry
 
 from .helpers import free_port, wait_for
 
@@ -92,8 +92,8 @@ async def test_a_malformed_alert_is_rejected(alertmanager: str) -> None:
 
 
 async def test_alerts_test_reports_each_receiver(alertmanager: str, tmp_path: Path) -> None:
+    from vcmon.cli.outbox import send_test
     from vcmon.config import load_config
-    from vcmon.outbox_cli import send_test
 
     dead = f"http://127.0.0.1:{free_port()}"
     path = tmp_path / "vcmon.yaml"

@@ -6,8 +6,8 @@ import io
 import re
 from typing import Any
 
-from vcmon.alerts.grouping import GroupPolicy, Notification
-from vcmon.sinks.console import ConsoleConfig, ConsoleSink, format_line
+from vcmon.delivery.grouping import GroupPolicy, Notification
+from vcmon.delivery.sinks.console import ConsoleConfig, ConsoleSink, format_line
 
 TIME = r"\d\d:\d\d:\d\d"
 

@@ -24,9 +24,9 @@ import pytest
 from pydantic import ValidationError
 
 from vcmon.alerts.model import AlertEvent, Kind, Measurements, Severity, Status, Target
-from vcmon.sinks.base import Retry
-from vcmon.sinks.mqtt import AckSignatures, MqttSink, TokenBucket, sign_ack
-from vcmon.sinks.mqtt_config import MqttConfig
+from vcmon.delivery.sinks.base import Retry
+from vcmon.delivery.sinks.mqtt import AckSignatures, MqttSink, TokenBucket, sign_ack
+from vcmon.delivery.sinks.mqtt_config import MqttConfig
 
 from .mosquitto import HOST, OPENSSL, Mosquitto, Proxy, missing
 
@@ -361,7 +361,7 @@ async def test_send_waits_for_the_broker_acknowledgement(
 async def test_will_fires_when_the_process_is_killed(broker: Mosquitto) -> None:
     script = (
         "import asyncio, sys\n"
-        "from vcmon.sinks.mqtt import MqttConfig, MqttSink\n"
+        "from vcmon.delivery.sinks.mqtt import MqttConfig, MqttSink\n"
         "async def main() -> None:\n"
         "    sink = MqttSink(MqttConfig(port=int(sys.argv[1])), 'lab')\n"
         "    await sink.start()\n"

@@ -22,12 +22,12 @@ import h11
 import pytest
 from pydantic import ValidationError
 
-from vcmon.alerts.grouping import GroupPolicy, Notification
 from vcmon.alerts.model import AlertEvent, Changes, Kind, Measurements, Severity, Status, Target
 from vcmon.alerts.store import Store
-from vcmon.outbox import Backoff, Dispatcher
-from vcmon.sinks.base import Gone, Reject, Retry
-from vcmon.sinks.webhook import (
+from vcmon.delivery.grouping import GroupPolicy, Notification
+from vcmon.delivery.outbox import Backoff, Dispatcher
+from vcmon.delivery.sinks.base import Gone, Reject, Retry
+from vcmon.delivery.sinks.webhook import (
     MAX_RETRY_AFTER,
     WebhookConfig,
     WebhookSetupError,
@@ -36,7 +36,12 @@ from vcmon.sinks.webhook import (
     sign,
     verify_signature,
 )
-from vcmon.sinks.webhook_bodies import TELEGRAM_MAX_TEXT, ZERO_TIME, body_for, group_body_for
+from vcmon.delivery.sinks.webhook_bodies import (
+    TELEGRAM_MAX_TEXT,
+    ZERO_TIME,
+    body_for,
+    group_body_for,
+)
 
 from .helpers import free_port
 
@@ -788,8 +793,8 @@ def test_grouping_is_off_for_machine_bodies_and_can_be_set() -> None:
 
 
 async def test_alerts_test_sends_a_grouped_sink_what_people_will_see(tmp_path: Path) -> None:
+    from vcmon.cli.outbox import send_test
     from vcmon.config import load_config
-    from vcmon.outbox_cli import send_test
 
     async with HookReceiver() as r:
         path = tmp_path / "vcmon.yaml"

@@ -28,11 +28,11 @@ from vcmon.alerts.model import (
     Status,
     Target,
 )
-from vcmon.alerts.policy import Matchers
 from vcmon.alerts.runtime import AlertRuntime
 from vcmon.alerts.store import Store, StoreError, StoreUnavailable, UnwritableValue
 from vcmon.clock import FakeClock
 from vcmon.config import load_config
+from vcmon.config.alerts import Matchers
 
 T = Target("a", "A", "127.0.0.1", "D", "commune")
 

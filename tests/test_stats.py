@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from vcmon.probes.base import Echo, Outcome, RoundResult
-from vcmon.stats import ipdv_jitter, mos, observe
+from vcmon.measure.probes.base import Echo, Outcome, RoundResult
+from vcmon.measure.stats import ipdv_jitter, mos, observe
 
 MS = 0.001
 

@@ -22,14 +22,15 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Gauge
 
-from vcmon import cli, webauth
+from vcmon import cli
 from vcmon.alerts.runtime import AlertRuntime
-from vcmon.api import Api, serve
 from vcmon.clock import FakeClock
 from vcmon.config import ConfigError, load_config
-from vcmon.httpserver import HttpServer
-from vcmon.results import Results
-from vcmon.webauth import Access, RateLimiter, load_web_config
+from vcmon.http import auth as webauth
+from vcmon.http.api import Api, serve
+from vcmon.http.auth import Access, RateLimiter, load_web_config
+from vcmon.http.server import HttpServer
+from vcmon.measure.results import Results
 
 from .helpers import free_port
 
@@ -199,7 +200,7 @@ async def test_the_authenticated_name_is_recorded(start: Start) -> None:
 
 
 async def test_an_ack_records_the_authenticated_name(start: Start) -> None:
-    from vcmon.stats import Observation
+    from vcmon.measure.stats import Observation
 
     daemon = await start(web_doc())
     rec = daemon.results["x"]
@@ -629,7 +630,7 @@ async def _until(check: Callable[[], Awaitable[bool]], within: float, what: str)
 def test_cli_credentials(
     tmp_path: Path, env: dict[str, str], file: str | None, expected: str | None
 ) -> None:
-    from vcmon.silence_cli import credentials
+    from vcmon.cli.api_commands import credentials
 
     path = None
     if file is not None:
@@ -650,7 +651,7 @@ def test_cli_credentials(
 def test_cli_credentials_refused(
     tmp_path: Path, env: dict[str, str], file: str | None, error: str
 ) -> None:
-    from vcmon.silence_cli import CommandError, credentials
+    from vcmon.cli.api_commands import CommandError, credentials
 
     path = None
     if file is not None:

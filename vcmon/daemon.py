@@ -11,21 +11,21 @@ from pathlib import Path
 
 from vcmon import __version__
 from vcmon.alerts.runtime import AlertRuntime
-from vcmon.api import Api, serve
 from vcmon.config import Config, ConfigError, load_config
-from vcmon.delivery import Delivery
-from vcmon.exposition import EndpointExposition
-from vcmon.limits import raise_fd_limit
+from vcmon.delivery.dispatch import Delivery
+from vcmon.http.api import Api, serve
+from vcmon.http.auth import web_config_path
+from vcmon.http.exposition import EndpointExposition
+from vcmon.http.limits import raise_fd_limit
+from vcmon.http.metrics import AlertCollector, HttpCollector, StoreCollector, build_registry
 from vcmon.logs import event
-from vcmon.metrics import AlertCollector, HttpCollector, StoreCollector, build_registry
-from vcmon.probes.base import Probe
-from vcmon.probes.icmp import IcmpEngine
-from vcmon.probes.registry import build_probes
-from vcmon.resolve import Resolver
-from vcmon.results import EndpointRecord, Results
-from vcmon.scheduler import Scheduler
-from vcmon.stats import Observation
-from vcmon.webauth import web_config_path
+from vcmon.measure.probes.base import Probe
+from vcmon.measure.probes.icmp import IcmpEngine
+from vcmon.measure.probes.registry import build_probes
+from vcmon.measure.resolver import Resolver
+from vcmon.measure.results import EndpointRecord, Results
+from vcmon.measure.scheduler import Scheduler
+from vcmon.measure.stats import Observation
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Each input (a round, a tick of the clock, a silence) returns the ``Changes`` it caused; the
 caller writes them in one transaction before anything is sent. The engine keeps, per
-endpoint, its reachability (``vcmon.health``) and quality levels (``quality``), and derives:
+endpoint, its reachability (``vcmon.alerts.health``) and quality levels (``quality``), and derives:
 
 - **topology**: an endpoint whose every parent is down is *unreachable* and raises nothing;
   its parent's alert is the roll-up (``group_down``, ``affected`` = the unreachable
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from vcmon.alerts import windows
+from vcmon.alerts.health import Reach, State, flap_pct, step
 from vcmon.alerts.messages import Messages
 from vcmon.alerts.model import (
     Alert,
@@ -44,7 +45,6 @@ from vcmon.alerts.model import (
     Target,
     matches,
 )
-from vcmon.alerts.policy import AlertsConfig, Metric, Policy
 from vcmon.alerts.quality import (
     LEVEL_OF_SEVERITY,
     NONE,
@@ -53,8 +53,8 @@ from vcmon.alerts.quality import (
 )
 from vcmon.alerts.quality import observe as observe_quality
 from vcmon.config import Endpoint
-from vcmon.health import Reach, State, flap_pct, step
-from vcmon.stats import Observation
+from vcmon.config.alerts import AlertsConfig, Metric, Policy
+from vcmon.measure.stats import Observation
 from vcmon.text import slugify
 
 REACH_KINDS: Final = frozenset({Kind.ENDPOINT_DOWN, Kind.GROUP_DOWN})

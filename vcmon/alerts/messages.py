@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from vcmon.alerts.model import Kind, Measurements, Severity, Status, Target
-from vcmon.alerts.policy import Locale, Template
+from vcmon.config.alerts import Locale, Template
 
 _PLACEHOLDERS: Final = {
     "place": "the place as people say it: 'Xã Đồng Tiến, huyện Cô Tô'",

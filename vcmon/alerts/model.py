@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from vcmon.alerts.patterns import full_match
-from vcmon.alerts.policy import Matchers
+from vcmon.config.alerts import Matchers
+from vcmon.config.patterns import full_match
 
 
 class Kind(enum.StrEnum):
@@ -194,7 +194,7 @@ class HealthRecord:
     """The durable part of one endpoint's health: what must survive a restart."""
 
     endpoint_id: str
-    state: str  # the effective vcmon.health.State value
+    state: str  # the effective vcmon.alerts.health.State value
     confirmed_up: bool | None  # reachability after hysteresis; None until first decided
     flapping: bool
     history: tuple[bool, ...]  # raw round results (True: answered), oldest first

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from vcmon.alerts.model import Severity
-from vcmon.alerts.policy import Metric, QualityPolicy, QualityRule
-from vcmon.stats import Observation, mos
+from vcmon.config.alerts import Metric, QualityPolicy, QualityRule
+from vcmon.measure.stats import Observation, mos
 
 NONE, WARNING, CRITICAL = 0, 1, 2
 SEVERITY_OF_LEVEL = {WARNING: Severity.WARNING, CRITICAL: Severity.CRITICAL}

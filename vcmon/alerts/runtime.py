@@ -26,13 +26,13 @@ from typing import Any, Final
 from vcmon.alerts.engine import AlertEngine, measurements
 from vcmon.alerts.held import HeldQueue
 from vcmon.alerts.model import Alert, Changes, Kind, Silence, Snapshot, Status, rfc3339
-from vcmon.alerts.policy import Matchers
 from vcmon.alerts.store import Store, StoreError, StoreUnavailable, UnwritableValue
 from vcmon.clock import Clock, SystemClock
 from vcmon.config import Config
+from vcmon.config.alerts import Matchers
 from vcmon.logs import event
-from vcmon.results import EndpointRecord
-from vcmon.stats import Observation
+from vcmon.measure.results import EndpointRecord
+from vcmon.measure.stats import Observation
 from vcmon.text import slugify
 
 log = logging.getLogger(__name__)
@@ -333,7 +333,7 @@ class AlertRuntime:
         """An acknowledgement that arrived as a message (MQTT ``<prefix>/ack/<alert_id>``);
         what became of it: accepted, invalid, unknown_alert or not_stored (the state file
         cannot be written) (for vcmon_acks_total)."""
-        from vcmon.api import BadInput, parse_duration
+        from vcmon.http.api import BadInput, parse_duration
 
         by = str(payload.get("by") or "mqtt")
         try:

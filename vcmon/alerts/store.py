@@ -43,7 +43,7 @@ from vcmon.alerts.model import (
     Snapshot,
     Target,
 )
-from vcmon.alerts.policy import Matchers
+from vcmon.config.alerts import Matchers
 
 SCHEMA_VERSION: Final = 2
 BUSY_TIMEOUT_MS: Final = 5000  # a CLI reading while the daemon commits waits, never fails

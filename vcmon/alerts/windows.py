@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
 from vcmon.alerts.model import Target, matches
-from vcmon.alerts.policy import DAYS, MaintenanceWindow, WeeklyRange
+from vcmon.config.alerts import DAYS, MaintenanceWindow, WeeklyRange
 
 HORIZON = 8 * 86400.0  # s: every weekly range opens or closes within a week, plus slack
 _MIDNIGHT = dt.time(0)

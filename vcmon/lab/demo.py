@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vcmon.api import split_listen
+from vcmon.alerts.health import State
 from vcmon.config import Config, load_config
 from vcmon.daemon import Daemon
-from vcmon.health import State
+from vcmon.http.api import split_listen
 from vcmon.lab.control import (
     DEFAULT_INVENTORY,
     Attached,
@@ -38,7 +38,7 @@ from vcmon.lab.netns import LabError
 from vcmon.lab.province import LAB_LISTEN
 from vcmon.lab.scenario import BoundScenario, Progress, bind, load_scenario
 from vcmon.logs import event
-from vcmon.results import Results
+from vcmon.measure.results import Results
 
 log = logging.getLogger(__name__)
 

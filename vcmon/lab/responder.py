@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vcmon.lab.profiles import DEFAULT_KEY, Channel, Profile, decide, dump_profiles, load_profiles
-from vcmon.probes.icmp_packet import checksum
+from vcmon.measure.probes.icmp_packet import checksum
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Delivery: the durable outbox, grouping for people, routing, and the sinks."""

@@ -1,0 +1,176 @@
+"""Wires the configured sinks to the event log: a dispatcher per sink, its route, its metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import BaseModel
+
+from vcmon.alerts.model import Target, matches
+from vcmon.alerts.store import Store, StoreError
+from vcmon.config import Config
+from vcmon.config.alerts import Matchers
+from vcmon.delivery.outbox import Backoff, Dispatcher, Route
+from vcmon.delivery.sinks.base import SinkError
+from vcmon.delivery.sinks.registry import build_sinks, grouping_of
+
+LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def route(matchers: Matchers, labels_of: Callable[[str], Mapping[str, str]]) -> Route:
+    """The events a sink with ``match: matchers`` wants (every event when it is empty)."""
+    if matchers.empty():
+        return lambda doc: True
+
+    def wanted(doc: Mapping[str, Any]) -> bool:
+        ep = doc.get("endpoint") or {}
+        target = Target(
+            str(ep.get("id", "")), str(ep.get("name", "")), str(ep.get("address", "")),
+            str(ep.get("district", "")), str(ep.get("level", "")),
+            labels_of(str(ep.get("id", ""))),
+        )  # fmt: skip
+        return matches(matchers, target, str(doc.get("kind")), str(doc.get("severity")))
+
+    return wanted
+
+
+class Delivery:
+    """The dispatchers of one daemon and the metrics about them."""
+
+    def __init__(self, config: Config, store: Store, registry: CollectorRegistry) -> None:
+        self.latency = Histogram(
+            "vcmon_notification_latency_seconds",
+            "From the decision to the receiver's acknowledgement",
+            ("sink",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        labels = {ep.id: dict(ep.labels) for ep in config.endpoints}
+        configs: Sequence[BaseModel] = config.sinks
+        sinks = build_sinks(configs, config.instance)
+        match_of = {getattr(c, "name", ""): getattr(c, "match", Matchers()) for c in configs}
+        group_of = {getattr(c, "name", ""): grouping_of(c) for c in configs}
+        self.dispatchers = [
+            Dispatcher(
+                sink,
+                store,
+                route=route(match_of.get(sink.name, Matchers()), lambda i: labels.get(i, {})),
+                on_latency=lambda name, seconds: self.latency.labels(name).observe(seconds),
+                group=group_of.get(sink.name),
+            )
+            for sink in sinks
+        ]
+        registry.register(DeliveryCollector(self.dispatchers))
+        # Endpoint status docs waiting to be published (the newest per endpoint), per sink.
+        self._statuses: dict[str, dict[str, dict[str, Any]]] = {}
+        self._status_wake: dict[str, asyncio.Event] = {}
+        self.on_ack: Callable[[str, Mapping[str, Any]], object] | None = None
+        try:
+            firing = store.firing_events()
+        except StoreError:  # not open yet: sinks start without what was open before
+            firing = []
+        # Sinks with upkeep of their own (Alertmanager's re-posting), seeded from the log.
+        self.upkeep: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        for sink in sinks:
+            seed = getattr(sink, "seed", None)
+            if seed is not None:
+                seed(firing)
+            maintain = getattr(sink, "maintain", None)
+            if maintain is not None:
+                self.upkeep.append(maintain)
+            if hasattr(sink, "publish_status"):
+                self._statuses[sink.name] = {}
+                self._status_wake[sink.name] = asyncio.Event()
+                self.upkeep.append(functools.partial(self._publish_statuses, sink))
+
+    def status_changed(self, endpoint_id: str, doc: dict[str, Any]) -> None:
+        """An endpoint's state changed: sinks that keep a status (MQTT) publish it."""
+        for name, pending in self._statuses.items():
+            pending[endpoint_id] = doc
+            self._status_wake[name].set()
+
+    async def _publish_statuses(self, sink: Any) -> None:
+        """Publish status docs as they change, newest only; a broker away delays, loses none."""
+        pending, wake = self._statuses[sink.name], self._status_wake[sink.name]
+        if self.on_ack is not None and hasattr(sink, "subscribe_acks"):
+            await sink.subscribe_acks(self.on_ack)
+        backoff = Backoff()
+        attempt = 0
+        while True:
+            await wake.wait()
+            wake.clear()
+            while pending:
+                endpoint_id, doc = next(iter(pending.items()))
+                try:
+                    await sink.publish_status(endpoint_id, doc)
+                except SinkError:
+                    attempt += 1
+                    await asyncio.sleep(backoff.delay(attempt, random.Random()))  # a backoff
+                    continue
+                attempt = 0
+                if pending.get(endpoint_id) is doc:  # not replaced meanwhile
+                    del pending[endpoint_id]
+
+    def failing(self) -> dict[str, float | None]:
+        """Each sink's failing-since wall time, None while it delivers."""
+        return {d.sink.name: d.stats.failing_since for d in self.dispatchers}
+
+    def notify(self) -> None:
+        """New events are in the log."""
+        for d in self.dispatchers:
+            d.notify()
+
+    def urgent(self, doc: Mapping[str, Any]) -> None:
+        """An event that cannot be written (state_store_failing): every sink whose route
+        takes it sends it now."""
+        for d in self.dispatchers:
+            d.urgent(doc)
+
+
+class DeliveryCollector(Collector):
+    """Per-sink counters and gauges, read from the dispatchers at scrape time."""
+
+    def __init__(self, dispatchers: Sequence[Dispatcher]) -> None:
+        self._dispatchers = dispatchers
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        sent = CounterMetricFamily(
+            "vcmon_notifications", "Send attempts by result (sent, or why not)",
+            labels=("sink", "result"),
+        )  # fmt: skip
+        dead = CounterMetricFamily(
+            "vcmon_dead_letters", "Events a sink refused for good", labels=("sink",)
+        )
+        pending = GaugeMetricFamily(
+            "vcmon_outbox_pending",
+            "Events written and owed to the sink now: not yet acknowledged, and not held back "
+            "on purpose by a group's wait or interval",
+            labels=("sink",),
+        )
+        connected = GaugeMetricFamily(
+            "vcmon_sink_connected", "1 while the last send succeeded", labels=("sink",)
+        )
+        disabled = GaugeMetricFamily(
+            "vcmon_sink_disabled", "1 once the target asked never to be called again (410)",
+            labels=("sink",),
+        )  # fmt: skip
+        for d in self._dispatchers:
+            name, st = d.sink.name, d.stats
+            sent.add_metric((name, "sent"), st.sent)
+            for reason, n in sorted(st.failed.items()):
+                sent.add_metric((name, reason), n)
+            dead.add_metric((name,), st.dead)
+            pending.add_metric((name,), st.pending)
+            connected.add_metric((name,), 1.0 if st.connected else 0.0)
+            disabled.add_metric((name,), 1.0 if st.disabled else 0.0)
+        yield from (sent, dead, pending, connected, disabled)

@@ -1,0 +1,1 @@
+"""The HTTP surface: the server, authentication, the API routes and the metrics exposition."""
