@@ -85,9 +85,7 @@ class Daemon:
         self.alerts.sink_status = self.delivery.failing
         self.alerts.status_listeners.append(self.delivery.status_changed)
         self.delivery.on_ack = self.alerts.ack_from
-        for d in self.delivery.dispatchers:  # sinks that take acks (MQTT) count them
-            if (count_acks := getattr(d.sink, "count_acks", None)) is not None:
-                count_acks(self.self_metrics.acks)
+        self.delivery.count_acks(self.self_metrics.acks)
         try:
             engine = IcmpEngine(
                 mode=cfg.icmp.socket, max_rate=cfg.icmp.max_rate, payload_size=cfg.icmp.payload_size
@@ -209,7 +207,7 @@ def _start_in_netns(engine: IcmpEngine, name: str) -> None:
     part of ``start()``: were it ever to suspend, other coroutines would run in the namespace,
     so that is refused instead of awaited.
     """
-    from vcmon.lab.netns import in_netns  # only here: the lab is otherwise no part of the daemon
+    from vcmon_lab.netns import in_netns  # only here: the lab is otherwise no part of the daemon
 
     with in_netns(name):
         step = engine.start()

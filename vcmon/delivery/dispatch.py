@@ -18,7 +18,13 @@ from vcmon.alerts.store import Store, StoreError
 from vcmon.config import Config
 from vcmon.config.alerts import Matchers
 from vcmon.delivery.outbox import Backoff, Dispatcher, Route
-from vcmon.delivery.sinks.base import SinkError
+from vcmon.delivery.sinks.base import (
+    AckSource,
+    Maintained,
+    Seedable,
+    SinkError,
+    StatusPublisher,
+)
 from vcmon.delivery.sinks.registry import build_sinks, grouping_of
 
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -79,13 +85,11 @@ class Delivery:
         # Sinks with upkeep of their own (Alertmanager's re-posting), seeded from the log.
         self.upkeep: list[Callable[[], Coroutine[Any, Any, None]]] = []
         for sink in sinks:
-            seed = getattr(sink, "seed", None)
-            if seed is not None:
-                seed(firing)
-            maintain = getattr(sink, "maintain", None)
-            if maintain is not None:
-                self.upkeep.append(maintain)
-            if hasattr(sink, "publish_status"):
+            if isinstance(sink, Seedable):
+                sink.seed(firing)
+            if isinstance(sink, Maintained):
+                self.upkeep.append(sink.maintain)
+            if isinstance(sink, StatusPublisher):
                 self._statuses[sink.name] = {}
                 self._status_wake[sink.name] = asyncio.Event()
                 self.upkeep.append(functools.partial(self._publish_statuses, sink))
@@ -96,10 +100,11 @@ class Delivery:
             pending[endpoint_id] = doc
             self._status_wake[name].set()
 
-    async def _publish_statuses(self, sink: Any) -> None:
+    async def _publish_statuses(self, sink: StatusPublisher) -> None:
         """Publish status docs as they change, newest only; a broker away delays, loses none."""
-        pending, wake = self._statuses[sink.name], self._status_wake[sink.name]
-        if self.on_ack is not None and hasattr(sink, "subscribe_acks"):
+        name = getattr(sink, "name", "")
+        pending, wake = self._statuses[name], self._status_wake[name]
+        if self.on_ack is not None and isinstance(sink, AckSource):
             await sink.subscribe_acks(self.on_ack)
         backoff = Backoff()
         attempt = 0
@@ -117,6 +122,12 @@ class Delivery:
                 attempt = 0
                 if pending.get(endpoint_id) is doc:  # not replaced meanwhile
                     del pending[endpoint_id]
+
+    def count_acks(self, counter: Any) -> None:
+        """Sinks that take acks (MQTT) count them in ``counter``."""
+        for d in self.dispatchers:
+            if isinstance(d.sink, AckSource):
+                d.sink.count_acks(counter)
 
     def failing(self) -> dict[str, float | None]:
         """Each sink's failing-since wall time, None while it delivers."""

@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from vcmon.config.alerts import Matchers
 from vcmon.config.fields import PositiveSeconds
-from vcmon.delivery.sinks.base import Reject, Retry
+from vcmon.delivery.sinks.base import Maintained, Reject, Retry, Seedable, Sink
 from vcmon.logs import event as log_event
 from vcmon.logs import redact_urls
 
@@ -84,7 +84,7 @@ def fingerprint(event: Mapping[str, Any]) -> str:
     return hashlib.sha256(str(event["alert_id"]).encode()).hexdigest()[:12]
 
 
-class AlertmanagerSink:
+class AlertmanagerSink(Sink, Seedable, Maintained):
     """Posts events to one Alertmanager and keeps what fires posted."""
 
     def __init__(self, config: AlertmanagerConfig) -> None:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vcmon.config.alerts import Matchers
 from vcmon.delivery.grouping import GroupPolicy, Notification, resolve_group
+from vcmon.delivery.sinks.base import GroupSink
 
 _RESET = "\033[0m"
 _COLOURS = {"critical": "\033[1;31m", "warning": "\033[33m", "resolved": "\033[32m"}
@@ -54,7 +55,7 @@ def format_line(event: Mapping[str, Any], colour: bool) -> str:
     return f"{_COLOURS.get(key, '')}{line}{_RESET}"
 
 
-class ConsoleSink:
+class ConsoleSink(GroupSink):
     """Writes each event as one line; acknowledged once written and flushed."""
 
     def __init__(self, config: ConsoleConfig, stream: TextIO | None = None) -> None:

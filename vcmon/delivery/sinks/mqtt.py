@@ -39,7 +39,14 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from vcmon.alerts.model import rfc3339
 from vcmon.delivery.outbox import Backoff
-from vcmon.delivery.sinks.base import Retry
+from vcmon.delivery.sinks.base import (
+    AckCallback,
+    AckSource,
+    Maintained,
+    Retry,
+    Sink,
+    StatusPublisher,
+)
 from vcmon.delivery.sinks.mqtt_config import MqttConfig, _TlsContext
 from vcmon.logs import event as log_event
 from vcmon.text import slugify
@@ -55,7 +62,6 @@ _PROTOCOL_REFUSED: Final = frozenset({1, 0x84})
 
 _SAFE_SEGMENT: Final = re.compile(r"[A-Za-z0-9_.:-]+")
 
-AckCallback = Callable[[str, dict[str, Any]], object]
 # What became of an ack taken from the broker (vcmon_acks_total{source="mqtt",result}).
 ACK_RESULTS: Final = (
     "accepted", "retained", "rate_limited", "invalid", "unknown_alert", "bad_signature",
@@ -171,7 +177,7 @@ class _Link:
     reader: asyncio.Task[None] | None = None
 
 
-class MqttSink:
+class MqttSink(Sink, Maintained, StatusPublisher, AckSource):
     """Publishes events, the active set, status docs and the monitor's presence."""
 
     def __init__(

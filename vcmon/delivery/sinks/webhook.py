@@ -35,7 +35,7 @@ from vcmon import __version__
 from vcmon.config.alerts import Matchers
 from vcmon.config.fields import PositiveSeconds
 from vcmon.delivery.grouping import GroupPolicy, Notification, resolve_group
-from vcmon.delivery.sinks.base import Gone, Reject, Retry, SinkSetupError
+from vcmon.delivery.sinks.base import Gone, GroupSink, Reject, Retry, SinkSetupError
 from vcmon.delivery.sinks.webhook_bodies import BodyKind, body_for, group_body_for
 from vcmon.logs import redact_urls
 
@@ -275,7 +275,7 @@ def _describe(exc: BaseException) -> str:
     return redact_urls(str(exc)) or type(exc).__name__
 
 
-class WebhookSink:
+class WebhookSink(GroupSink):
     """Posts each event to one URL, through one HTTP client kept for the sink's life."""
 
     def __init__(self, config: WebhookConfig, clock: Callable[[], float] = time.time) -> None:
