@@ -1,6 +1,6 @@
 """Accuracy of RTT, jitter and loss: vcmon and fping against the lab responder's ground truth.
 
-What it measures. A lab (two network namespaces, no route out, see vcmon.lab.netns) holds the
+What it measures. A lab (two network namespaces, no route out, see vcmon_lab.netns) holds the
 231 rooms of config/province-231.yaml, moved into 198.18.0.0/16 (same last two octets), each
 with an impairment profile modelled on its link: fibre city sites 2–5 ms with 0.2–0.5 ms
 jitter, mountain districts 8–20 ms with 1–4 ms jitter, island sites (microwave, satellite)
@@ -61,16 +61,16 @@ import yaml
 
 from bench.common import percentile, save
 from vcmon.config import Config, Endpoint, load_config
-from vcmon.lab import netns
-from vcmon.lab.netns import ENDPOINT_NET, Lab, LabNames
-from vcmon.lab.profiles import Distribution, Profile
-from vcmon.lab.responder import EchoTruth
 from vcmon.measure.probes.base import Outcome, Probe, RoundResult, RoundSettings, Tally
 from vcmon.measure.probes.icmp import IcmpEngine, IcmpProbe
 from vcmon.measure.resolver import Resolver
 from vcmon.measure.results import Results
 from vcmon.measure.scheduler import Scheduler
 from vcmon.measure.stats import ipdv_jitter
+from vcmon_lab import netns
+from vcmon_lab.netns import ENDPOINT_NET, Lab, LabNames
+from vcmon_lab.profiles import Distribution, Profile
+from vcmon_lab.responder import EchoTruth
 
 ROOT = Path(__file__).resolve().parent.parent
 INVENTORY = ROOT / "config" / "province-231.yaml"

@@ -46,11 +46,11 @@ import httpx
 import pytest
 
 from vcmon.config import Config, load_config
-from vcmon.lab import netns
-from vcmon.lab.netns import Lab, LabNames
-from vcmon.lab.profiles import Profile
-from vcmon.lab.province import by_address, generate_profiles, lab_config, map_addresses
-from vcmon.lab.scenario import BoundScenario, ScenarioRunner, bind, load_scenario, parse_scenario
+from vcmon_lab import netns
+from vcmon_lab.netns import Lab, LabNames
+from vcmon_lab.profiles import Profile
+from vcmon_lab.province import by_address, generate_profiles, lab_config, map_addresses
+from vcmon_lab.scenario import BoundScenario, ScenarioRunner, bind, load_scenario, parse_scenario
 
 from .helpers import free_port, wait_for
 

@@ -23,7 +23,7 @@ import pytest
 
 from vcmon.alerts.runtime import state_path
 from vcmon.alerts.store import Store
-from vcmon.lab.profiles import Profile
+from vcmon_lab.profiles import Profile
 
 from .conftest import ProvinceLab, ProvinceLabFactory
 

@@ -40,7 +40,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from vcmon.config import load_config
-from vcmon.lab.netns import in_netns
+from vcmon_lab.netns import in_netns
 
 from .container_image import (
     CONTAINERFILE,

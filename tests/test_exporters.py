@@ -43,7 +43,7 @@ from vcmon.alerts.model import (
     Target,
     rfc3339,
 )
-from vcmon.lab.profiles import Profile
+from vcmon_lab.profiles import Profile
 
 from .conftest import ProvinceLabFactory
 from .helpers import free_port

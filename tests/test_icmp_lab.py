@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from vcmon.lab.netns import Lab, in_netns
-from vcmon.lab.profiles import Profile
-from vcmon.lab.responder import EchoTruth
 from vcmon.measure.probes.base import Outcome, RoundResult, RoundSettings, Tally
 from vcmon.measure.probes.icmp import IcmpEngine
 from vcmon.measure.stats import ipdv_jitter
+from vcmon_lab.netns import Lab, in_netns
+from vcmon_lab.profiles import Profile
+from vcmon_lab.responder import EchoTruth
 
 from .conftest import LabFactory
 

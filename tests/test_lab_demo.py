@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from vcmon.config import Endpoint, Level, Timing, load_config
-from vcmon.lab.demo import LOOPBACK_CONFIG, Plan, Snapshot, district_rows, prepare_loopback
 from vcmon.measure.results import Results
 from vcmon.measure.stats import Observation
+from vcmon_lab.demo import LOOPBACK_CONFIG, Plan, Snapshot, district_rows, prepare_loopback
 
 
 def room(id: str, district: str) -> Endpoint:

@@ -21,9 +21,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from vcmon import cli
-from vcmon.lab import netns
-from vcmon.lab.control import LabHome, LabState, pid_alive
-from vcmon.lab.profiles import Profile
+from vcmon_lab import netns
+from vcmon_lab.control import LabHome, LabState, pid_alive
+from vcmon_lab.profiles import Profile
 
 from .conftest import ProvinceLabFactory
 from .helpers import free_port

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from vcmon.lab import netns
-from vcmon.lab.netns import (
+from vcmon.measure.probes.icmp_packet import checksum
+from vcmon_lab import netns
+from vcmon_lab.netns import (
     ENDPOINT_NET,
     MONITOR_IF,
     MONITOR_VETH,
@@ -29,9 +30,8 @@ from vcmon.lab.netns import (
     LabNames,
     in_netns,
 )
-from vcmon.lab.profiles import LAB_NET, Profile
-from vcmon.lab.responder import wait_until
-from vcmon.measure.probes.icmp_packet import checksum
+from vcmon_lab.profiles import LAB_NET, Profile
+from vcmon_lab.responder import wait_until
 
 from .conftest import LabFactory
 
@@ -330,8 +330,8 @@ def test_lab_stop_leaves_nothing(tmp_path: Path) -> None:
 CRASHING_RUN = """
 import sys
 from pathlib import Path
-from vcmon.lab.netns import Lab, LabNames
-from vcmon.lab.profiles import Profile
+from vcmon_lab.netns import Lab, LabNames
+from vcmon_lab.profiles import Profile
 lab = Lab(LabNames.for_run("crash"), Path(sys.argv[1]), die_with_parent=True)
 lab.start({"198.18.0.1": Profile()})
 print(lab.monitor, lab.province, lab.responder.pid, flush=True)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vcmon.lab.profiles import (
+from vcmon_lab.profiles import (
     DEFAULT_KEY,
     LAB_NET,
     Channel,

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vcmon.config import Config, Endpoint, Level, Timing, load_config
-from vcmon.lab.province import (
+from vcmon_lab.province import (
     LINK_CLASSES,
     LabMappingError,
     Link,

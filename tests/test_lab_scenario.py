@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from vcmon.config import ConfigError, load_config
-from vcmon.lab.profiles import Profile
-from vcmon.lab.scenario import (
+from vcmon_lab.profiles import Profile
+from vcmon_lab.scenario import (
     BoundScenario,
     Override,
     Progress,

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vcmon.lab.netns import Lab, netns_pids
-from vcmon.lab.profiles import Profile
-from vcmon.lab.services import (
+from vcmon_lab.netns import Lab, netns_pids
+from vcmon_lab.profiles import Profile
+from vcmon_lab.services import (
     ACCEPT_PORTS,
     ECHO_PORT,
     HTTP_PORT,

@@ -6,9 +6,9 @@ import json
 import os
 from pathlib import Path
 
-from vcmon.lab.netns import Lab, LabNames
-from vcmon.lab.profiles import Profile
-from vcmon.lab.responder import TruthLog, rotated
+from vcmon_lab.netns import Lab, LabNames
+from vcmon_lab.profiles import Profile
+from vcmon_lab.responder import TruthLog, rotated
 
 
 def echo(seq: int) -> str:

@@ -33,24 +33,24 @@ from pathlib import Path
 from typing import Any
 
 from vcmon.config import Config, load_config
-from vcmon.lab import netns
-from vcmon.lab.netns import Lab, LabError, LabNames
-from vcmon.lab.profiles import Profile, dump_profiles, load_profiles
-from vcmon.lab.province import (
+from vcmon.logs import event
+from vcmon_lab import data_file, netns
+from vcmon_lab.netns import Lab, LabError, LabNames
+from vcmon_lab.profiles import Profile, dump_profiles, load_profiles
+from vcmon_lab.province import (
     LAB_LISTEN,
     by_address,
     generate_profiles,
     lab_config,
     map_addresses,
 )
-from vcmon.lab.scenario import BoundScenario, Progress, ScenarioRunner, bind, load_scenario
-from vcmon.logs import event
+from vcmon_lab.scenario import BoundScenario, Progress, ScenarioRunner, bind, load_scenario
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STATE_DIR = Path("/run/vcmon-lab")
 STATE_DIR_ENV = "VCMON_LAB_DIR"
-DEFAULT_INVENTORY = Path(__file__).resolve().parents[2] / "config" / "province-231.yaml"
+DEFAULT_INVENTORY = data_file("province-231.yaml")
 DEFAULT_SEED = 1
 
 STATE_FILE = "state.json"
@@ -117,7 +117,7 @@ class LabState:
     config: str
     created: float
     owner_pid: int | None = None  # a process that takes the lab down when it ends (the demo)
-    services_pid: int | None = None  # vcmon.lab.services, when the lab runs them
+    services_pid: int | None = None  # vcmon_lab.services, when the lab runs them
 
     @classmethod
     def read(cls, home: LabHome) -> LabState | None:

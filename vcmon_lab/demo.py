@@ -23,7 +23,10 @@ from vcmon.alerts.health import State
 from vcmon.config import Config, load_config
 from vcmon.daemon import Daemon
 from vcmon.http.api import split_listen
-from vcmon.lab.control import (
+from vcmon.logs import event
+from vcmon.measure.results import Results
+from vcmon_lab import data_file
+from vcmon_lab.control import (
     DEFAULT_INVENTORY,
     Attached,
     LabHome,
@@ -34,17 +37,14 @@ from vcmon.lab.control import (
     play_scenario,
     responder_alive,
 )
-from vcmon.lab.netns import LabError
-from vcmon.lab.province import LAB_LISTEN
-from vcmon.lab.scenario import BoundScenario, Progress, bind, load_scenario
-from vcmon.logs import event
-from vcmon.measure.results import Results
+from vcmon_lab.netns import LabError
+from vcmon_lab.province import LAB_LISTEN
+from vcmon_lab.scenario import BoundScenario, Progress, bind, load_scenario
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
-DEFAULT_SCENARIO = CONFIG_DIR / "scenarios" / "demo.yaml"
-LOOPBACK_CONFIG = CONFIG_DIR / "demo.yaml"
+DEFAULT_SCENARIO = data_file("scenarios", "demo.yaml")
+LOOPBACK_CONFIG = data_file("demo.yaml")
 #: Said when the demo runs without the lab, so nobody mistakes loopback for a network.
 LOOPBACK_NOTE = (
     "no province lab: the 231 rooms are loopback addresses answered by this machine's kernel. "

@@ -34,9 +34,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from vcmon.lab.profiles import LAB_NET, Profile
-from vcmon.lab.responder import EchoTruth, ResponderProcess, wait_until, wait_until_async
-from vcmon.lab.services import ServicesProcess
+from vcmon_lab.profiles import LAB_NET, Profile
+from vcmon_lab.responder import EchoTruth, ResponderProcess, wait_until, wait_until_async
+from vcmon_lab.services import ServicesProcess
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +382,7 @@ class Lab:
     off them, or its spinning preempts the prober between taking a send time and sending.
     ``die_with_parent`` ties the responder's life to this process (tests); the CLI leaves it
     off so the lab outlives the command that started it. With ``services`` (the default) a
-    :mod:`vcmon.lab.services` process beside it serves TCP, SIP, HTTP and UDP echo with the
+    :mod:`vcmon_lab.services` process beside it serves TCP, SIP, HTTP and UDP echo with the
     same profiles (truth in ``services.jsonl``).
     """
 

@@ -29,8 +29,8 @@ from typing import Any, Final
 import yaml
 
 from vcmon.config import Config, Endpoint, Level
-from vcmon.lab.profiles import Profile
 from vcmon.text import slugify
+from vcmon_lab.profiles import Profile
 
 #: Inventory addresses the lab can stand in for, and where they land.
 SOURCE_NET: Final = ipaddress.IPv4Network("127.10.0.0/16")

@@ -7,7 +7,7 @@ compare measurements with).
 
 Run inside the province namespace (the controller, :class:`ResponderProcess`, does this)::
 
-    ip netns exec vcmon-prov python -m vcmon.lab.responder --profiles P.yaml --truth T.jsonl
+    ip netns exec vcmon-prov python -m vcmon_lab.responder --profiles P.yaml --truth T.jsonl
 
 How it works: one raw IPv4 ICMP socket, filtered to echo requests, with ``SO_TIMESTAMPNS``
 so every request carries the kernel's receive time (CLOCK_REALTIME). Replies wait in a heap
@@ -63,8 +63,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from vcmon.lab.profiles import DEFAULT_KEY, Channel, Profile, decide, dump_profiles, load_profiles
 from vcmon.measure.probes.icmp_packet import checksum
+from vcmon_lab.profiles import DEFAULT_KEY, Channel, Profile, decide, dump_profiles, load_profiles
 
 log = logging.getLogger(__name__)
 
@@ -598,9 +598,10 @@ class NamespaceProcess:
         self._attached = pid
 
     def _spawn(self, command: list[str]) -> None:
-        # The child must import this very package, wherever the test run found it.
+        # The child must import this very package (and vcmon beside it), wherever the test
+        # run found them.
         env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[2])
+        root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         with self.log_path.open("ab") as log_fh:
             # `ip netns exec` execs in place, so the Popen pid is the child's own. Always its
@@ -697,7 +698,7 @@ class ResponderProcess(NamespaceProcess):
 
     def command(self) -> list[str]:
         """The command line that runs the responder in the namespace."""
-        cmd = ["ip", "netns", "exec", self.netns, sys.executable, "-m", "vcmon.lab.responder",
+        cmd = ["ip", "netns", "exec", self.netns, sys.executable, "-m", "vcmon_lab.responder",
                "--profiles", str(self.profiles_path), "--truth", str(self.truth_path)]  # fmt: skip
         if self.seed is not None:
             cmd += ["--seed", str(self.seed)]
@@ -785,9 +786,9 @@ def _alive(pid: int) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``python -m vcmon.lab.responder --profiles FILE --truth FILE``."""
+    """Entry point: ``python -m vcmon_lab.responder --profiles FILE --truth FILE``."""
     parser = argparse.ArgumentParser(
-        prog="python -m vcmon.lab.responder",
+        prog="python -m vcmon_lab.responder",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -40,9 +40,9 @@ from typing import Any, Final
 import yaml
 
 from vcmon.config import ConfigError, Problem, did_you_mean
-from vcmon.lab.profiles import Profile
-from vcmon.lab.province import cut_off
 from vcmon.logs import event
+from vcmon_lab.profiles import Profile
+from vcmon_lab.province import cut_off
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """TCP, SIP OPTIONS, HTTP and UDP echo on every lab address, impaired per endpoint profile.
 
-Runs in the province namespace beside the ICMP responder (:class:`vcmon.lab.netns.Lab` starts
+Runs in the province namespace beside the ICMP responder (:class:`vcmon_lab.netns.Lab` starts
 both) and reads the same profiles file. Every endpoint address is local there through an
 AnyIP route, so one socket bound to the wildcard address per port serves them all::
 
-    ip netns exec vcmon-prov python -m vcmon.lab.services --profiles P.json --truth S.jsonl
+    ip netns exec vcmon-prov python -m vcmon_lab.services --profiles P.json --truth S.jsonl
 
 Ports: TCP 5061 (the SIP-TLS port; no TLS is spoken) and 1720 (H.225) accept connections and
 discard what they read; SIP on UDP and TCP 5060 answers OPTIONS with ``200 OK`` (RFC 3261
@@ -12,7 +12,7 @@ discard what they read; SIP on UDP and TCP 5060 answers OPTIONS with ``200 OK`` 
 ``HEAD /`` (then closes); UDP 7 echoes datagrams.
 
 Each message is judged by the profile of the address it was sent to (``IP_PKTINFO`` for UDP,
-the accepted socket's own address for TCP) with :func:`vcmon.lab.profiles.decide`: a lost one
+the accepted socket's own address for TCP) with :func:`vcmon_lab.profiles.decide`: a lost one
 gets no answer; a kept one is answered after the drawn delay, counted from the kernel's
 receive timestamp (UDP) or from reading the request (TCP), to about a millisecond (asyncio
 timers). UDP answers leave from the address that was asked. On one TCP connection answers
@@ -67,8 +67,8 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from vcmon.lab.profiles import DEFAULT_KEY, LAB_NET, Channel, Profile, decide, load_profiles
-from vcmon.lab.responder import (
+from vcmon_lab.profiles import DEFAULT_KEY, LAB_NET, Channel, Profile, decide, load_profiles
+from vcmon_lab.responder import (
     SO_TIMESTAMPNS,
     NamespaceProcess,
     ResponderError,
@@ -885,7 +885,7 @@ class ServicesProcess(NamespaceProcess):
 
     def command(self) -> list[str]:
         """The command line that runs the services in the namespace."""
-        cmd = ["ip", "netns", "exec", self.netns, sys.executable, "-m", "vcmon.lab.services",
+        cmd = ["ip", "netns", "exec", self.netns, sys.executable, "-m", "vcmon_lab.services",
                "--profiles", str(self.profiles_path), "--truth", str(self.truth_path)]  # fmt: skip
         if self.seed is not None:
             cmd += ["--seed", str(self.seed)]
@@ -991,9 +991,9 @@ async def _serve(profiles: Path, truth: Path | None, seed: int | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``python -m vcmon.lab.services --profiles FILE [--truth FILE]``."""
+    """Entry point: ``python -m vcmon_lab.services --profiles FILE [--truth FILE]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m vcmon.lab.services",
+        prog="python -m vcmon_lab.services",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -25,14 +25,14 @@ from vcmon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, err, out
 from vcmon.config import Config, ConfigError
 
 if TYPE_CHECKING:
-    from vcmon.lab.control import LabHome, LabStatus
-    from vcmon.lab.demo import Snapshot
-    from vcmon.lab.profiles import Profile
+    from vcmon_lab.control import LabHome, LabStatus
+    from vcmon_lab.demo import Snapshot
+    from vcmon_lab.profiles import Profile
 
 
 def lab_endpoints(config: Config) -> list[str]:
     """Ids of endpoints whose address is in the lab's range (benchmarking, RFC 2544)."""
-    from vcmon.lab.profiles import LAB_NET
+    from vcmon_lab.profiles import LAB_NET
 
     found = []
     for ep in config.endpoints:
@@ -46,7 +46,7 @@ def lab_endpoints(config: Config) -> list[str]:
 
 def netns_errors() -> tuple[type[Exception], ...]:
     """What `vcmon run --netns` raises when the namespace is missing."""
-    from vcmon.lab.netns import LabError
+    from vcmon_lab.netns import LabError
 
     return (LabError,)
 
@@ -55,14 +55,14 @@ def netns_errors() -> tuple[type[Exception], ...]:
 
 
 def _lab_home(args: argparse.Namespace) -> LabHome:
-    from vcmon.lab.control import LabHome
+    from vcmon_lab.control import LabHome
 
     return LabHome.named(args.lab)
 
 
 def _no_lab() -> bool:
     """Print why the lab cannot run here (not root, no `ip`); True when it cannot."""
-    from vcmon.lab.control import unavailable_reason
+    from vcmon_lab.control import unavailable_reason
 
     reason = unavailable_reason()
     if reason is not None:
@@ -72,9 +72,9 @@ def _no_lab() -> bool:
 
 def _lab_errors() -> tuple[type[Exception], ...]:
     """Failures of the lab an admin can act on: printed in one line, exit 1."""
-    from vcmon.lab.netns import LabError
-    from vcmon.lab.responder import ResponderError
-    from vcmon.lab.services import ServicesError
+    from vcmon_lab.netns import LabError
+    from vcmon_lab.responder import ResponderError
+    from vcmon_lab.services import ServicesError
 
     return (LabError, ResponderError, ServicesError, OSError)
 
@@ -82,8 +82,8 @@ def _lab_errors() -> tuple[type[Exception], ...]:
 def _lab_inputs(args: argparse.Namespace) -> tuple[Path, int, str]:
     """Inventory, seed and listen options with their defaults (kept out of the parser, so
     that building it does not import the lab)."""
-    from vcmon.lab.control import DEFAULT_INVENTORY, DEFAULT_SEED
-    from vcmon.lab.province import LAB_LISTEN
+    from vcmon_lab.control import DEFAULT_INVENTORY, DEFAULT_SEED
+    from vcmon_lab.province import LAB_LISTEN
 
     inventory = Path(args.inventory) if args.inventory else DEFAULT_INVENTORY
     seed = DEFAULT_SEED if args.seed is None else args.seed
@@ -96,8 +96,8 @@ def _usage_error(exc: Exception) -> int:
 
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
-    from vcmon.lab.control import lab_up
-    from vcmon.lab.province import LabMappingError
+    from vcmon_lab.control import lab_up
+    from vcmon_lab.province import LabMappingError
 
     if _no_lab():
         return EXIT_FAILURE
@@ -138,7 +138,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
-    from vcmon.lab.control import lab_down
+    from vcmon_lab.control import lab_down
 
     if _no_lab():
         return EXIT_FAILURE
@@ -191,7 +191,7 @@ def _status_table(status: LabStatus) -> Table:
 
 
 def cmd_lab_status(args: argparse.Namespace) -> int:
-    from vcmon.lab.control import lab_status
+    from vcmon_lab.control import lab_status
 
     if _no_lab():
         return EXIT_FAILURE
@@ -239,8 +239,8 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_scenario(args: argparse.Namespace) -> int:
-    from vcmon.lab.control import attach, play_scenario, prepare_scenario
-    from vcmon.lab.scenario import Progress
+    from vcmon_lab.control import attach, play_scenario, prepare_scenario
+    from vcmon_lab.scenario import Progress
 
     if _no_lab():
         return EXIT_FAILURE
@@ -374,10 +374,10 @@ def _ignore_stop_signals() -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vcmon.lab import demo
-    from vcmon.lab.control import lab_down, unavailable_reason
-    from vcmon.lab.province import LabMappingError
     from vcmon.measure.probes.icmp import IcmpUnavailable
+    from vcmon_lab import demo
+    from vcmon_lab.control import lab_down, unavailable_reason
+    from vcmon_lab.province import LabMappingError
 
     live_view = out.is_terminal
     root = logging.getLogger()
