@@ -127,3 +127,22 @@ def test_alerts_test_command_exit_status(
     assert cli.main(["alerts", "test", "-c", str(path)]) == 1
     assert "connect" in capsys.readouterr().out
     assert cli.main(["alerts", "test", "-c", str(path), "--sink", "nope"]) == 2
+
+
+def test_one_mapping_for_posted_alerts_and_the_webhook_form() -> None:
+    import json
+
+    from vcmon.delivery.sinks.alertmanager import alert_body, fingerprint
+    from vcmon.delivery.sinks.webhook_bodies import body_for
+
+    ev = event(Status.FIRING)
+    posted = alert_body(ev)
+    hooked = json.loads(body_for("alertmanager", ev, 0.0))["alerts"][0]
+    assert posted["labels"] == hooked["labels"] | {"alert_id": "a1"}
+    assert posted["annotations"] == hooked["annotations"] | {"affected": "c1,c2"}
+    assert posted["startsAt"] == hooked["startsAt"]
+    assert hooked["fingerprint"] == fingerprint("a1")
+    assert len(fingerprint("a1")) == 16
+    # An empty label is no label in Alertmanager: left out of both.
+    bare = ev | {"instance": ""}
+    assert "instance" not in alert_body(bare)["labels"]

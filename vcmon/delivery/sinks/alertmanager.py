@@ -51,25 +51,42 @@ class AlertmanagerConfig(BaseModel):
     generator_url: str = ""  # where a human sees the alert, e.g. vcmon's /api/v1/alerts
 
 
+def am_labels(event: Mapping[str, Any], *, alert_id: bool) -> dict[str, str]:
+    """The one mapping of an event to Alertmanager labels (this sink's posts and the webhook's
+    ``alertmanager`` body); with ``alert_id``, the label that keeps two alerts of the same
+    endpoint and kind apart in Alertmanager. An empty label is no label there: left out."""
+    ep = event.get("endpoint") or {}
+    values = {
+        "alertname": event.get("kind"),
+        "alert_id": event.get("alert_id") if alert_id else None,
+        "endpoint": ep.get("id"),
+        "district": ep.get("district"),
+        "level": ep.get("level"),
+        "severity": event.get("severity"),
+        "instance": event.get("instance"),
+    }
+    return {k: str(v) for k, v in values.items() if v is not None and str(v) != ""}
+
+
+def am_annotations(event: Mapping[str, Any]) -> dict[str, str]:
+    """An event's words as Alertmanager annotations."""
+    return {
+        "summary": str(event.get("summary") or ""),
+        "description": str(event.get("description") or ""),
+    }
+
+
+def fingerprint(alert_id: str) -> str:
+    """16 hex digits, stable for the alert's life (Alertmanager's fingerprint has this form)."""
+    return hashlib.sha256(alert_id.encode("utf-8")).hexdigest()[:16]
+
+
 def alert_body(event: Mapping[str, Any], generator_url: str = "") -> dict[str, Any]:
     """One event as an Alertmanager v2 postable alert."""
-    ep = event.get("endpoint") or {}
-    labels = {
-        "alertname": str(event["kind"]),
-        "alert_id": str(event["alert_id"]),
-        "endpoint": str(ep.get("id", "")),
-        "district": str(ep.get("district", "")),
-        "level": str(ep.get("level", "")),
-        "severity": str(event["severity"]),
-        "instance": str(event.get("instance", "")),
-    }
     body: dict[str, Any] = {
-        "labels": labels,
-        "annotations": {
-            "summary": str(event.get("summary", "")),
-            "description": str(event.get("description", "")),
-            "affected": ",".join(event.get("affected") or ()),
-        },
+        "labels": am_labels(event, alert_id=True),
+        "annotations": am_annotations(event)
+        | {"affected": ",".join(event.get("affected") or ())},
         "startsAt": event["started_at"],
     }
     if event["status"] == "resolved" and event.get("ended_at"):
@@ -77,11 +94,6 @@ def alert_body(event: Mapping[str, Any], generator_url: str = "") -> dict[str, A
     if generator_url:
         body["generatorURL"] = generator_url
     return body
-
-
-def fingerprint(event: Mapping[str, Any]) -> str:
-    """A short stable id of the alert, for logs."""
-    return hashlib.sha256(str(event["alert_id"]).encode()).hexdigest()[:12]
 
 
 class AlertmanagerSink(Sink, Seedable, Maintained):

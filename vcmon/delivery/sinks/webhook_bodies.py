@@ -12,7 +12,6 @@ receiver's language, and times are RFC 3339 in UTC.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ from typing import Any, Final, Literal
 
 from vcmon.alerts.model import rfc3339
 from vcmon.delivery.grouping import Notification
+from vcmon.delivery.sinks.alertmanager import am_annotations, am_labels, fingerprint
 
 BodyKind = Literal["vcmon", "alertmanager", "telegram", "slack"]
 BODY_KINDS: Final[tuple[BodyKind, ...]] = ("vcmon", "alertmanager", "telegram", "slack")
@@ -162,15 +162,7 @@ _AM_NAMES: Final = {"kind": "alertname"}
 
 
 def _am_alert(event: Mapping[str, Any], now: float, generator_url: str) -> dict[str, Any]:
-    endpoint = event.get("endpoint") or {}
-    labels = _labels(
-        alertname=event["kind"],
-        endpoint=endpoint.get("id"),
-        district=endpoint.get("district"),
-        level=endpoint.get("level"),
-        severity=event.get("severity"),
-        instance=event.get("instance"),
-    )
+    labels = am_labels(event, alert_id=False)
     # Alertmanager knows firing and resolved only; an acknowledged alert still fires.
     status = "resolved" if event["status"] == "resolved" else "firing"
     if status == "resolved":
@@ -180,10 +172,7 @@ def _am_alert(event: Mapping[str, Any], now: float, generator_url: str) -> dict[
     return {
         "status": status,
         "labels": labels,
-        "annotations": {
-            "summary": str(event.get("summary") or ""),
-            "description": str(event.get("description") or ""),
-        },
+        "annotations": am_annotations(event),
         "startsAt": event["started_at"],
         "endsAt": ends_at,
         "generatorURL": generator_url,
@@ -211,11 +200,6 @@ def _am_envelope(
         "externalURL": external_url,
         "alerts": alerts,
     }
-
-
-def fingerprint(alert_id: str) -> str:
-    """16 hex digits, stable for the alert's life (Alertmanager's fingerprint has this form)."""
-    return hashlib.sha256(alert_id.encode("utf-8")).hexdigest()[:16]
 
 
 def telegram_body(
