@@ -9,20 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vcmon import config
-from vcmon.config import (
-    MAX_PROBLEMS,
-    ConfigError,
-    Endpoint,
-    Level,
-    Problem,
-    Timing,
-    check_address,
-    label_name,
-    load_config,
-    substitute_env,
-    tree_issues,
-)
+from vcmon.config import source
+from vcmon.config.loading import load_config
+from vcmon.config.problems import MAX_PROBLEMS, ConfigError, Problem
+from vcmon.config.schema import Endpoint, Level, Timing, check_address, label_name
+from vcmon.config.source import substitute_env
+from vcmon.config.topology import tree_issues
 from vcmon.text import slugify
 
 BAD = Path(__file__).parent / "bad_configs"
@@ -332,7 +324,7 @@ def test_bad_config_message(
     name: str, expected: str, parser: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if parser == "pure-python":  # as on a machine where PyYAML was built without libyaml
-        monkeypatch.setattr(config, "_LOADERS", (yaml.SafeLoader,))
+        monkeypatch.setattr(source, "_LOADERS", (yaml.SafeLoader,))
     with pytest.raises(ConfigError) as caught:
         load_config(BAD / name, env={})
     if parser == "default" and name == "deep-nesting.yaml":  # libyaml stops reading sooner

@@ -17,19 +17,12 @@ import pytest
 from vcmon import cli
 from vcmon.alerts.messages import MAX_WIDTH, Messages, spec_problem
 from vcmon.alerts.model import Kind, Measurements, Severity, Status, Target
-from vcmon.config import (
-    MAX_FILE_BYTES,
-    ConfigError,
-    Unreadable,
-    _os_reason,
-    is_secret_path,
-    load_config,
-    read_file,
-    redact_url,
-    scrub,
-)
 from vcmon.config.alerts import Template
+from vcmon.config.files import MAX_FILE_BYTES, Unreadable, os_reason, read_file
 from vcmon.config.inventory_import import import_csv
+from vcmon.config.loading import load_config
+from vcmon.config.problems import ConfigError
+from vcmon.config.secrets import is_secret_path, redact_url, scrub
 
 BAD = Path(__file__).parent / "bad_configs"
 ROOT = "{id: tinh, name: Trung tâm tỉnh, address: 127.0.0.1, district: Tỉnh, level: province}"
@@ -158,7 +151,7 @@ def test_read_file_stops_one_byte_past_the_limit(tmp_path: Path) -> None:
     ],
 )
 def test_os_errors_in_plain_words(err: int, reason: str) -> None:
-    assert _os_reason(OSError(err, os.strerror(err)), "a YAML file") == reason
+    assert os_reason(OSError(err, os.strerror(err)), "a YAML file") == reason
 
 
 # ---------------------------------------------------------------------------------------------

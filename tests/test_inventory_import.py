@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from vcmon.config import Endpoint, load_config
 from vcmon.config.inventory_import import RowError, import_csv
+from vcmon.config.loading import load_config
+from vcmon.config.schema import Endpoint
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "rooms-example.csv"
 

@@ -20,17 +20,10 @@ from typing import Any, Final
 import yaml
 from pydantic import ValidationError
 
-from vcmon.config import (
-    RESERVED_LABELS,
-    TIMING_KEYS,
-    EndpointSpec,
-    Unreadable,
-    decode_text,
-    field_messages,
-    label_name,
-    read_file,
-    tree_issues,
-)
+from vcmon.config.explain import field_messages
+from vcmon.config.files import Unreadable, decode_text, read_file
+from vcmon.config.schema import RESERVED_LABELS, TIMING_KEYS, EndpointSpec, label_name
+from vcmon.config.topology import tree_issues
 
 REQUIRED: Final = ("id", "name", "address", "district", "level")
 OPTIONAL: Final = ("parent", "site", "probe", *TIMING_KEYS)

@@ -1,0 +1,105 @@
+"""Secrets: never in an error. Which values are secret, and scrubbing them from messages."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Final
+from urllib.parse import urlsplit
+
+from vcmon.config.problems import Loc
+from vcmon.config.source import Source
+
+# ---------------------------------------------------------------------------------------------
+# Secrets: never in an error. A value is secret by its field's name (or any enclosing one);
+# a URL's user info and path may hold a token, so only its scheme and host are shown.
+
+_SECRET_NAME: Final = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|api_?key|authori[sz]ation|credential|bearer|cookie"
+    r"|private_?key|^headers$",
+    re.IGNORECASE,
+)
+_URL_NAME: Final = re.compile(r"(^|_)(url|uri|endpoint_url|webhook)$", re.IGNORECASE)
+# Patterns scrubbed from every message whatever field they came from.
+_SECRET_PATTERNS: Final = (
+    (re.compile(r"\bbot\d{3,}:[A-Za-z0-9_-]{10,}"), "bot***"),  # a Telegram bot token
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"), "whsec_***"),  # a webhook signing secret
+    (re.compile(r"(\w+://[^/@\s:'\"]*:)[^@\s/'\"]*@"), r"\1***@"),  # user:password@
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 ***"),
+)
+_NOT_SHOWN: Final = "(not shown: it may hold a secret)"
+
+
+def is_secret_path(loc: Loc) -> bool:
+    """Whether the value at ``loc`` is secret: a password, secret, token, header value…
+
+    Settings that only name where a secret is (``*_env``, ``*_file``) are not secret.
+    """
+    return any(
+        isinstance(seg, str)
+        and not seg.lower().endswith(("_env", "_file"))
+        and _SECRET_NAME.search(seg) is not None
+        for seg in loc
+    )
+
+
+def _is_url_path(loc: Loc) -> bool:
+    return any(isinstance(seg, str) and _URL_NAME.search(seg) for seg in loc)
+
+
+def redact_url(text: str) -> str:
+    """``text`` as a URL with only its scheme, user name and host: 'https://u:***@host/…'."""
+    try:
+        parts = urlsplit(text.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return _NOT_SHOWN
+    if not parts.scheme or not host:
+        return _NOT_SHOWN
+    user = f"{parts.username}:***@" if parts.password is not None else ""
+    if parts.username is not None and parts.password is None:
+        user = "***@"
+    where = f"[{host}]" if ":" in host else host
+    rest = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{user}{where}{f':{port}' if port else ''}{rest}"
+
+
+def _leaves(data: object, loc: Loc) -> Iterator[tuple[Loc, object]]:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _leaves(value, (*loc, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _leaves(value, (*loc, i))
+    else:
+        yield loc, data
+
+
+def secrets_of(source: Source) -> dict[str, str]:
+    """Each secret text of ``source`` (as loaded and as written) → what to show instead."""
+    out: dict[str, str] = {}
+    for loc, value in _leaves(source.data, ()):
+        if value is None or isinstance(value, bool):
+            continue
+        texts = {str(value), source.text.get(loc, "")} - {""}
+        if is_secret_path(loc):
+            out.update(dict.fromkeys(texts, "***"))
+        elif isinstance(value, str) and (_is_url_path(loc) or "@" in value):
+            for text in texts:
+                if "${" not in text and redact_url(text) != text:
+                    out[text] = redact_url(text) if _is_url_path(loc) else "***"
+    return out
+
+
+def scrub(message: str, secrets: Mapping[str, str]) -> str:
+    """``message`` with every secret of ``secrets`` and every token-like text replaced."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        shown = secrets[secret]
+        if len(secret) >= 6:
+            message = message.replace(secret, shown)
+        else:  # a short one only where it stands alone, not inside other words
+            alone = rf"(?<!\w){re.escape(secret)}(?!\w)"
+            message = re.sub(alone, shown.replace("\\", "\\\\"), message)
+    for pattern, replacement in _SECRET_PATTERNS:
+        message = pattern.sub(replacement, message)
+    return message
