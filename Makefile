@@ -11,7 +11,7 @@ DEBS := fping iproute2 procps prometheus prometheus-alertmanager mosquitto opens
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,lab]'
 	touch $(STAMP)
 
 debs:
@@ -25,8 +25,8 @@ demo: $(STAMP) debs
 	$(BIN)/vcmon demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check vcmon tests bench
-	$(BIN)/ruff format --check vcmon tests bench
+	$(BIN)/ruff check vcmon vcmon_lab tests bench
+	$(BIN)/ruff format --check vcmon vcmon_lab tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 import pytest
 
-from vcmon.measure.probes.base import Outcome, RoundResult, RoundSettings, Tally
+from vcmon.measure.probes.base import Outcome, ProbeContext, RoundResult, RoundSettings, Tally
 from vcmon.measure.probes.icmp import IcmpEngine, IcmpProbe, IcmpUnavailable, _Pacer, detect_mode
 from vcmon.measure.probes.icmp_packet import (
     build_echo_reply,
@@ -235,9 +235,12 @@ async def test_loopback_round(address: str) -> None:
 
 async def test_probe_and_registry() -> None:
     assert PROBE_NAMES == frozenset({"icmp"}) == frozenset(PROBES)
-    async with IcmpEngine(mode="raw") as engine:
-        probes = build_probes(engine)
+    ctx = ProbeContext(settings={"icmp": {"socket": "raw"}})
+    probes = build_probes(ctx)
+    async with ctx:
         assert isinstance(probes["icmp"], IcmpProbe)
+        assert probes["icmp"].engine.mode == "raw"
+        assert probes["icmp"].voice
         assert probes["icmp"].name == "icmp"
         result = await probes["icmp"].run_round("127.0.0.1", FAST, Tally())
     assert outcomes(result) == ["ok"] * 5

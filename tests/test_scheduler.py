@@ -10,15 +10,9 @@ import math
 import pytest
 
 from vcmon.config import Endpoint, Level, Timing
-from vcmon.measure.probes.base import RoundResult, RoundSettings, Tally
-from vcmon.measure.probes.icmp import (
-    IcmpEngine,
-    IcmpProbe,
-    grid_after,
-    grid_up,
-    send_time,
-    send_times,
-)
+from vcmon.measure.grid import Grid, grid_after, grid_up, send_time, send_times
+from vcmon.measure.probes.base import ProbeContext, RoundResult, RoundSettings, Tally
+from vcmon.measure.probes.icmp import ENGINE, IcmpEngine, IcmpProbe
 from vcmon.measure.resolver import Resolver
 from vcmon.measure.results import Results
 from vcmon.measure.scheduler import (
@@ -39,7 +33,7 @@ def room(i: int, **timing: float) -> Endpoint:
                     timing=Timing.model_validate(timing))  # fmt: skip
 
 
-# -- grid arithmetic (vcmon.measure.probes.icmp) ---------------------------------------------
+# -- grid arithmetic (vcmon.measure.grid) -----------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -195,6 +189,7 @@ class FakeProbe:
     """Answers every round at once and notes when each started."""
 
     name = "icmp"
+    voice = True
 
     def __init__(self) -> None:
         self.starts: dict[str, list[float]] = {}
@@ -207,16 +202,17 @@ class FakeProbe:
 async def test_rounds_start_on_grid_points_at_their_cadence() -> None:
     rooms = [room(i, interval=0.5, count=1, timeout=0.1) for i in range(12)]
     probe = FakeProbe()
-    engine = IcmpEngine()  # never started: the scheduler only sets its grid
+    ctx = ProbeContext()
+    spare = IcmpProbe.create(ctx)  # its engine never started: it only follows the grid
     scheduler = Scheduler(
-        Results(rooms), {"icmp": probe, "spare": IcmpProbe(engine)}, Resolver(), tick=0.05
+        Results(rooms), {"icmp": probe, "spare": spare}, Resolver(), tick=0.05, grid=ctx.grid
     )
     task = asyncio.create_task(scheduler.run())
     await asyncio.sleep(1.3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert engine.tick == 0.05  # the engine's sends and reads share the scheduler's grid
+    assert spare.engine.tick == 0.05  # the engine's sends and reads share the scheduler's grid
     assert len(probe.starts) == 12
     for address, starts in probe.starts.items():
         assert len(starts) >= 2, address
@@ -231,10 +227,11 @@ async def test_rounds_start_on_grid_points_at_their_cadence() -> None:
 
 async def test_auto_grid_is_chosen_at_run_and_given_to_the_engine() -> None:
     rooms = [room(i, interval=0.5, count=1, timeout=0.1) for i in range(5)]
-    engine = IcmpEngine()
+    ctx = ProbeContext()
     scheduler = Scheduler(
-        Results(rooms), {"icmp": FakeProbe(), "spare": IcmpProbe(engine)}, Resolver()
-    )
+        Results(rooms), {"icmp": FakeProbe(), "spare": IcmpProbe.create(ctx)}, Resolver(),
+        grid=ctx.grid,
+    )  # fmt: skip
     assert scheduler.tick is None
     task = asyncio.create_task(scheduler.run())
     await asyncio.sleep(0.05)
@@ -242,4 +239,20 @@ async def test_auto_grid_is_chosen_at_run_and_given_to_the_engine() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert scheduler.tick == auto_tick(rooms) == 0.2
+    engine = ctx.existing(ENGINE, IcmpEngine)
+    assert engine is not None
     assert engine.tick == 0.2
+    assert ctx.grid.tick == 0.2
+
+
+def test_grid_followers_get_the_tick_now_and_on_change() -> None:
+    grid = Grid()
+    seen: list[float] = []
+    grid.follow(seen.append)
+    assert seen == []
+    assert grid.tick is None
+    grid.set(0.1)
+    late: list[float] = []
+    grid.follow(late.append)
+    grid.set(0.05)
+    assert (seen, late) == ([0.1, 0.05], [0.1, 0.05])

@@ -25,7 +25,7 @@ def scenario_file(name: str) -> Path:
     """``name`` as given when that file exists, else the shipped scenario of that name
     (``co-to-uplink`` or ``co-to-uplink.yaml``), else ``name`` so the error names it."""
     given = Path(name)
-    if given.exists() or given.parent != Path("."):
+    if given.exists() or "/" in name:
         return given
     for candidate in (data_file("scenarios", name), data_file("scenarios", f"{name}.yaml")):
         if candidate.is_file():

@@ -1,17 +1,19 @@
 """The lab and demo commands: `vcmon lab up|down|status|scenario` and `vcmon demo`.
 
-The simulator itself is imported only when one of these commands runs, so building the parser
-and every other command work without it."""
+The simulator (package vcmon_lab, the ``lab`` extra) is imported only when one of these
+commands runs, so building the parser and every other command work without it; when it is
+not installed, these commands say how to get it."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import ipaddress
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,10 +32,41 @@ if TYPE_CHECKING:
     from vcmon_lab.profiles import Profile
 
 
+#: The lab's addresses (benchmarking, RFC 2544; vcmon_lab.profiles.LAB_NET, a test keeps them
+#: equal). Known here too: `vcmon run` refuses them outside the lab even when the lab is not
+#: installed, as they must never be probed through this host's routes.
+LAB_NET = ipaddress.ip_network("198.18.0.0/15")
+
+LAB_MISSING = (
+    "the province lab is not installed (Python package vcmon_lab); install vcmon with its "
+    "'lab' extra: pip install 'vcmon[lab]', or from a checkout: pip install '.[lab]'"
+)
+
+
+def lab_installed() -> bool:
+    """Whether the simulator can be imported (the ``lab`` extra)."""
+    try:
+        import vcmon_lab  # noqa: F401  (its __init__ is small: no namespaces, no processes)
+    except ImportError:
+        return False
+    return True
+
+
+def _needs_lab(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``command``, or a clear message and exit 1 when the lab is not installed."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        if not lab_installed():
+            err.print(f"vcmon: {LAB_MISSING}", markup=False, soft_wrap=True)
+            return EXIT_FAILURE
+        return command(args)
+
+    return run
+
+
 def lab_endpoints(config: Config) -> list[str]:
     """Ids of endpoints whose address is in the lab's range (benchmarking, RFC 2544)."""
-    from vcmon_lab.profiles import LAB_NET
-
     found = []
     for ep in config.endpoints:
         try:
@@ -45,7 +78,11 @@ def lab_endpoints(config: Config) -> list[str]:
 
 
 def netns_errors() -> tuple[type[Exception], ...]:
-    """What `vcmon run --netns` raises when the namespace is missing."""
+    """What `vcmon run --netns` raises when the namespace is missing. Entering a namespace is
+    the lab's code: without it, say how to get it and exit 1."""
+    if not lab_installed():
+        err.print(f"vcmon: --netns needs {LAB_MISSING}", markup=False, soft_wrap=True)
+        raise SystemExit(EXIT_FAILURE)
     from vcmon_lab.netns import LabError
 
     return (LabError,)
@@ -132,7 +169,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     say(f"  vcmon run -c {st.config} --netns {st.monitor}")
     say(f"  then http://{up.config.listen}/metrics")
     say(f"profiles: vcmon lab status{flag}")
-    say(f"scenario: vcmon lab scenario config/scenarios/co-to-uplink.yaml{flag}")
+    say(f"scenario: vcmon lab scenario co-to-uplink{flag}")
     say(f"remove:   vcmon lab down{flag}")
     return EXIT_OK
 
@@ -239,6 +276,7 @@ def cmd_lab_status(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_scenario(args: argparse.Namespace) -> int:
+    from vcmon_lab import scenario_file
     from vcmon_lab.control import attach, play_scenario, prepare_scenario
     from vcmon_lab.scenario import Progress
 
@@ -248,7 +286,7 @@ def cmd_lab_scenario(args: argparse.Namespace) -> int:
     home = _lab_home(args)
     try:
         lab = attach(home)
-        scenario = prepare_scenario(lab, Path(args.file))
+        scenario = prepare_scenario(lab, scenario_file(args.file))
     except ConfigError as exc:
         return _usage_error(exc)
     except _lab_errors() as exc:
@@ -375,7 +413,7 @@ def _ignore_stop_signals() -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from vcmon.measure.probes.icmp import IcmpUnavailable
-    from vcmon_lab import demo
+    from vcmon_lab import demo, scenario_file
     from vcmon_lab.control import lab_down, unavailable_reason
     from vcmon_lab.province import LabMappingError
 
@@ -385,7 +423,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     root.setLevel(logging.INFO)
     home = _lab_home(args)
     inventory, seed, listen = _lab_inputs(args)
-    scenario: Path | None = Path(args.scenario) if args.scenario else demo.DEFAULT_SCENARIO
+    scenario: Path | None = scenario_file(args.scenario) if args.scenario else demo.DEFAULT_SCENARIO
     if args.scenario == "none":
         scenario = None
     try:
@@ -457,7 +495,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`vcmon lab …` and `vcmon demo`, with their options."""
-    inventory_help = "config or inventory file (default: config/province-231.yaml)"
+    inventory_help = "config or inventory file (default: the lab's 231-room province-231.yaml)"
     lab_opts = argparse.ArgumentParser(add_help=False)
     lab_opts.add_argument(
         "--lab",
@@ -474,18 +512,20 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                     help=inventory_help)  # fmt: skip
     up.add_argument("--seed", type=int, help="seed of the profiles (1)")
     up.add_argument("--listen", metavar="HOST:PORT", help="for the lab config (127.0.0.1:9231)")
-    up.set_defaults(func=cmd_lab_up)
+    up.set_defaults(func=_needs_lab(cmd_lab_up))
     down = lab_sub.add_parser("down", parents=[lab_opts], help="remove the lab (idempotent)")
-    down.set_defaults(func=cmd_lab_down)
+    down.set_defaults(func=_needs_lab(cmd_lab_down))
     status = lab_sub.add_parser(
         "status", parents=[lab_opts], help="namespaces, processes, profiles, scenario"
     )
-    status.set_defaults(func=cmd_lab_status)
+    status.set_defaults(func=_needs_lab(cmd_lab_status))
     scen = lab_sub.add_parser(
         "scenario", parents=[lab_opts], help="play a scenario file on the running lab"
     )
-    scen.add_argument("file", help="scenario YAML (see config/scenarios/)")
-    scen.set_defaults(func=cmd_lab_scenario)
+    scen.add_argument(
+        "file", help="scenario YAML, or a shipped one by name: co-to-uplink, flap, loss-burst, …"
+    )
+    scen.set_defaults(func=_needs_lab(cmd_lab_scenario))
 
     dem = sub.add_parser(
         "demo",
@@ -497,7 +537,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     dem.add_argument(
         "--scenario",
         metavar="FILE",
-        help="scenario to play (default: config/scenarios/demo.yaml; 'none')",
+        help="scenario file or shipped name to play (default: demo; 'none')",
     )
     dem.add_argument("--seed", type=int, help="seed of the profiles (1)")
     dem.add_argument("--listen", metavar="HOST:PORT", help="HTTP address (127.0.0.1:9231)")
@@ -508,4 +548,4 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="S",
         help="seconds between summary lines when stdout is no terminal (5)",
     )
-    dem.set_defaults(func=cmd_demo)
+    dem.set_defaults(func=_needs_lab(cmd_demo))

@@ -87,7 +87,8 @@ class _Labels:
     @classmethod
     def of(cls, rec: EndpointRecord, info_names: list[str]) -> _Labels:
         ep = rec.endpoint
-        pairs = list(zip(BASE_LABELS, (ep.id, ep.probe, ep.district, ep.level.value), strict=True))
+        values = (ep.id, rec.probe, ep.district, ep.level.value)
+        pairs = list(zip(BASE_LABELS, values, strict=True))
         fields = info_fields(ep)
         info = _label_text([*pairs, *((k, fields.get(k, "")) for k in info_names)])
         return cls(
@@ -147,7 +148,7 @@ class _Labels:
             round_rtt,
             f"vcmon_jitter_seconds{{{b}}} {_or_nan(obs.jitter)}\n".encode(),
             f"vcmon_loss_ratio{{{b}}} {f(obs.loss_ratio)}\n".encode(),
-            f"vcmon_mos{{{b}}} {f(obs.mos)}\n".encode(),
+            b"" if obs.mos is None else f"vcmon_mos{{{b}}} {f(obs.mos)}\n".encode(),
             *counters,
             state,
             f"vcmon_last_round_timestamp_seconds{{{b}}} {f(obs.started_at)}\n".encode(),
@@ -174,8 +175,9 @@ class EndpointExposition:
 
     def __init__(self, results: Results) -> None:
         self._results = results
-        self._labels: dict[str, _Labels] = {}
-        self._fragments: dict[str, Fragments] = {}
+        # By (endpoint id, probe): an endpoint carrying several probes has series for each.
+        self._labels: dict[tuple[str, str], _Labels] = {}
+        self._fragments: dict[tuple[str, str], Fragments] = {}
         self._generation = -1
         self.sync()
 
@@ -183,9 +185,10 @@ class EndpointExposition:
         """Re-render ``rec``: its round landed, or its state or counters changed."""
         if self._generation != self._results.generation:
             self.sync()
-        labels = self._labels.get(rec.endpoint.id)
+        key = rec.key
+        labels = self._labels.get(key)
         if labels is not None and labels.record is rec:  # else no longer in the inventory
-            self._fragments[rec.endpoint.id] = labels.render()
+            self._fragments[key] = labels.render()
 
     def sync(self) -> None:
         """Adopt the inventory after Results.replace: removed endpoints' series go, endpoints
@@ -193,10 +196,10 @@ class EndpointExposition:
         records = list(self._results)
         # Free labels differ between endpoints; every info sample carries the union of names.
         info_names = sorted({k for rec in records for k in info_fields(rec.endpoint)})
-        labels: dict[str, _Labels] = {}
-        fragments: dict[str, Fragments] = {}
+        labels: dict[tuple[str, str], _Labels] = {}
+        fragments: dict[tuple[str, str], Fragments] = {}
         for rec in records:
-            eid = rec.endpoint.id
+            eid = rec.key
             new = labels[eid] = _Labels.of(rec, info_names)
             old = self._labels.get(eid)
             kept = self._fragments.get(eid)

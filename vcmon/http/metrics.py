@@ -40,7 +40,7 @@ class Family:
 # The per-endpoint families in exposition order; vcmon.http.exposition renders them (no copy of
 # names or help texts elsewhere). Dashboards and rules in exporters/ depend on every word.
 UP = Family("vcmon_up", "gauge", "1 if the last round got at least one answer")
-RTT = Family("vcmon_rtt_seconds", "histogram", "Round-trip time of every answer")
+RTT = Family("vcmon_rtt_seconds", "histogram", "Round-trip time of every answered attempt")
 ROUND_RTT = Family(
     "vcmon_round_rtt_seconds",
     "gauge",
@@ -53,15 +53,20 @@ JITTER = Family(
     "Mean absolute difference of consecutive RTTs in the last round (IPDV, RFC 5481)",
 )
 LOSS = Family("vcmon_loss_ratio", "gauge", "1 - received/sent in the last round")
-MOS = Family("vcmon_mos", "gauge", "Estimated MOS (simplified E-model) of the last round")
-SENT = Family("vcmon_packets_sent", "counter", "Echo requests sent")
-RECEIVED = Family("vcmon_packets_received", "counter", "Echo replies received within the timeout")
-LATE = Family("vcmon_packets_late", "counter", "Echo replies that arrived after their timeout")
-DUPLICATE = Family("vcmon_packets_duplicate", "counter", "Duplicate echo replies")
+MOS = Family(
+    "vcmon_mos",
+    "gauge",
+    "Estimated MOS (simplified E-model) of the last round; for probes whose RTT is a media "
+    "round trip only",
+)
+SENT = Family("vcmon_packets_sent", "counter", "Probe attempts sent (echo requests for ICMP)")
+RECEIVED = Family("vcmon_packets_received", "counter", "Answers received within the timeout")
+LATE = Family("vcmon_packets_late", "counter", "Answers that arrived after their timeout")
+DUPLICATE = Family("vcmon_packets_duplicate", "counter", "Duplicate answers")
 ERRORS = Family(
     "vcmon_packets_error",
     "counter",
-    "Echo requests answered by an ICMP error or not sent, by reason",
+    "Attempts answered by an error (an ICMP error for ICMP) or not sent, by reason",
     ("reason",),
 )
 ROUNDS = Family("vcmon_rounds", "counter", "Probe rounds completed")

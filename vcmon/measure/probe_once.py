@@ -6,8 +6,8 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from vcmon.measure.probes.base import Echo, Outcome, RoundResult, RoundSettings, Tally
-from vcmon.measure.probes.icmp import IcmpEngine
+from vcmon.measure.probes.base import Echo, Outcome, ProbeContext, RoundResult, RoundSettings, Tally
+from vcmon.measure.probes.registry import kind
 from vcmon.measure.resolver import ResolveError, Resolver
 from vcmon.measure.stats import Observation, observe
 
@@ -32,7 +32,7 @@ class ProbeRow:
             f"{o.sent}/{o.received}/{o.loss_ratio * 100:.0f}%",
             "/".join(_ms(v) for v in (o.rtt_min, o.rtt_avg, o.rtt_median, o.rtt_max)),
             _ms(o.jitter),
-            f"{o.mos:.2f}",
+            "-" if o.mos is None else f"{o.mos:.2f}",
         ]
 
     def echo_line(self) -> str:
@@ -55,11 +55,14 @@ def _echo_cell(echo: Echo) -> str:
 
 
 async def probe_addresses(
-    addresses: list[str], settings: RoundSettings, mode: str
+    addresses: list[str], settings: RoundSettings, mode: str, probe_name: str = "icmp"
 ) -> list[ProbeRow]:
-    """Measure every address once, concurrently, and return one row each in input order."""
+    """Measure every address once with the registered probe ``probe_name``, concurrently, and
+    return one row each in input order. ``mode`` is the ICMP socket mode (``icmp: socket``)."""
     resolver = Resolver()
-    async with IcmpEngine(mode=mode) as engine:
+    ctx = ProbeContext(resolver=resolver, settings={"icmp": {"socket": mode}})
+    probe = kind(probe_name).create(ctx)
+    async with ctx:
 
         async def one(address: str) -> ProbeRow:
             started = time.time()
@@ -68,8 +71,8 @@ async def probe_addresses(
             except ResolveError as exc:
                 result = RoundResult(echoes=(), failure=f"resolve: {exc}")
             else:
-                result = await engine.ping_round(ip, settings, Tally())
-            return ProbeRow(address, result, observe(result, started))
+                result = await probe.run_round(ip, settings, Tally())
+            return ProbeRow(address, result, observe(result, started, probe.voice))
 
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(one(a)) for a in addresses]

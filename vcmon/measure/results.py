@@ -1,7 +1,8 @@
 """What the daemon currently knows about each endpoint: last round, running counters, state.
 
-Written by the scheduler after each round; read by the exposition (which renders an endpoint's
-series as its round lands) and at request time by the status API.
+One record per (endpoint, probe) pair, so an endpoint may carry several probes. Written by
+the scheduler after each round; read by the exposition (which renders a record's series as
+its round lands) and at request time by the status API.
 """
 
 from __future__ import annotations
@@ -44,11 +45,18 @@ class RttHistogram:
         return out
 
 
+def endpoint_probes(ep: Endpoint) -> tuple[str, ...]:
+    """The probes that run against ``ep``, the first one its primary (the config has one
+    ``probe`` per endpoint today; a ``probes:`` list only changes this function)."""
+    return (ep.probe,)
+
+
 @dataclass(slots=True)
 class EndpointRecord:
-    """Everything known about one endpoint."""
+    """Everything known about one endpoint as one probe sees it."""
 
     endpoint: Endpoint
+    probe: str = ""  # the probe's name; the endpoint's primary probe when not given
     tally: Tally = field(default_factory=Tally)
     last: Observation | None = None
     state: State | None = None
@@ -58,6 +66,22 @@ class EndpointRecord:
     sent: int = 0
     received: int = 0
     histogram: RttHistogram = field(default_factory=RttHistogram)
+
+    def __post_init__(self) -> None:
+        if not self.probe:
+            self.probe = endpoint_probes(self.endpoint)[0]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(endpoint id, probe): what Results, the scheduler and the exposition key it by."""
+        return (self.endpoint.id, self.probe)
+
+    @property
+    def slot_key(self) -> str:
+        """What the round's phase is hashed from: the id for the primary probe (so its slot is
+        the one it always had), the id and the probe's name for the others."""
+        ep = self.endpoint
+        return ep.id if self.probe == endpoint_probes(ep)[0] else f"{ep.id}/{self.probe}"
 
     def record(self, obs: Observation) -> None:
         """Fold one round into the counters and state."""
@@ -72,30 +96,39 @@ class EndpointRecord:
 
 
 class Results:
-    """Records for every endpoint of the current config, by id."""
+    """Records for every (endpoint, probe) pair of the current config."""
 
     def __init__(self, endpoints: Iterable[Endpoint]) -> None:
-        self._records: dict[str, EndpointRecord] = {}
+        self._records: dict[tuple[str, str], EndpointRecord] = {}
+        self._primary: dict[str, EndpointRecord] = {}
         self.generation = 0  # counts replace() calls, so the exposition sees a reload
         self.replace(endpoints)
 
     def replace(self, endpoints: Iterable[Endpoint]) -> None:
         """Adopt a new inventory; records of endpoints that stay keep their history."""
         old = self._records
-        new: dict[str, EndpointRecord] = {}
+        new: dict[tuple[str, str], EndpointRecord] = {}
+        primary: dict[str, EndpointRecord] = {}
         for ep in endpoints:
-            rec = old.get(ep.id)
-            if rec is None:
-                rec = EndpointRecord(ep)
-            else:
-                rec.endpoint = ep
-            new[ep.id] = rec
+            for probe in endpoint_probes(ep):
+                rec = old.get((ep.id, probe))
+                if rec is None:
+                    rec = EndpointRecord(ep, probe)
+                else:
+                    rec.endpoint = ep
+                new[(ep.id, probe)] = rec
+                primary.setdefault(ep.id, rec)
         # Swap whole dicts so a scrape running in another thread never sees one change size.
-        self._records = new
+        self._records, self._primary = new, primary
         self.generation += 1
 
     def __getitem__(self, endpoint_id: str) -> EndpointRecord:
-        return self._records[endpoint_id]
+        """The record of the endpoint's primary probe."""
+        return self._primary[endpoint_id]
+
+    def get(self, endpoint_id: str, probe: str) -> EndpointRecord | None:
+        """The record of ``probe`` on the endpoint, if it runs there."""
+        return self._records.get((endpoint_id, probe))
 
     def __iter__(self) -> Iterator[EndpointRecord]:
         return iter(list(self._records.values()))

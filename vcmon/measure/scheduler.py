@@ -1,8 +1,10 @@
-"""Runs every endpoint's rounds on a fixed cadence, spread evenly over the interval.
+"""Runs every (endpoint, probe) pair's rounds on a fixed cadence, spread over the interval.
 
-Round starts fall on a grid of ``tick`` seconds on the loop clock (the anchor and each
-endpoint's phase are quantised to it), and the ICMP engine sends, reads and ends rounds on
-the same grid, so everything due at one grid point shares one event-loop wake-up.
+Knows no probe kind: it calls ``Probe.run_round`` and summarises with ``observe``. Round
+starts fall on the shared grid (vcmon.measure.grid; the anchor and each pair's phase are
+quantised to it), which the scheduler sets when it starts; whatever batches on the grid (the
+ICMP engine sends, reads and ends rounds on it) follows it, so everything due at one grid
+point shares one event-loop wake-up.
 
 Why: at low rates an echo's CPU cost is the wake-ups around it, not its packets. After the
 loop has slept some tens of ms, the first round it handles costs ~0.4–0.7 ms of CPU on our
@@ -27,8 +29,8 @@ from vcmon.clock import Clock, SystemClock
 from vcmon.config import Endpoint
 from vcmon.http.metrics import SelfMetrics
 from vcmon.logs import event
+from vcmon.measure.grid import Grid, grid_up
 from vcmon.measure.probes.base import Probe, RoundResult, RoundSettings
-from vcmon.measure.probes.icmp import IcmpProbe, grid_up
 from vcmon.measure.resolver import ResolveError, Resolver, ip_literal
 from vcmon.measure.results import EndpointRecord, Results
 from vcmon.measure.stats import Observation, observe
@@ -98,7 +100,8 @@ def rounds_missed(due: float, interval: float, now: float) -> int:
 
 
 class Scheduler:
-    """Owns one task per endpoint; each sleeps to its next slot, probes, records."""
+    """Owns one task per (endpoint, probe) record; each sleeps to its next slot, probes,
+    records."""
 
     def __init__(
         self,
@@ -109,6 +112,7 @@ class Scheduler:
         clock: Clock | None = None,
         tick: float | None = None,
         on_round: Callable[[EndpointRecord, Observation], None] | None = None,
+        grid: Grid | None = None,
     ) -> None:
         self._results = results
         self._probes = probes
@@ -118,7 +122,8 @@ class Scheduler:
         self._on_round = on_round  # the alert engine: decides the state the record shows
         # The grid; None: auto_tick() of the inventory when run() starts. 0: exact phases.
         self.tick = tick
-        self._settings: dict[str, tuple[object, RoundSettings]] = {}
+        self.grid = grid or Grid()  # shared with the probes' context: set when run() starts
+        self._settings: dict[tuple[str, str], tuple[object, RoundSettings]] = {}
         # Sleepers by the grid point they wake at: one loop timer per grid point, not per
         # round (a timer, its context and its arguments would live ~10 s for each round).
         self._wheel: dict[float, list[asyncio.Future[None]]] = {}
@@ -130,26 +135,28 @@ class Scheduler:
     async def run(self) -> None:
         """Probe every endpoint until cancelled."""
         loop = asyncio.get_running_loop()
-        records = list(self._results)
+        records = [rec for rec in self._results if rec.probe in self._probes]
+        unavailable = sorted({rec.probe for rec in self._results} - self._probes.keys())
+        if unavailable:  # the daemon could not start them; their records stay unobserved
+            event(log, logging.WARNING, "probes_unavailable", probes=",".join(unavailable))
         if self.tick is None:
             self.tick = auto_tick(rec.endpoint for rec in records)
         tick = self.tick
-        for probe in self._probes.values():
-            if isinstance(probe, IcmpProbe):
-                probe.engine.tick = tick  # its sends, reads and deadlines on the same grid
-        log.debug("scheduler grid %g s for %d endpoints", tick, len(records))
+        self.grid.set(tick)  # the probes' sends, reads and deadlines on the same grid
+        log.debug("scheduler grid %g s for %d records", tick, len(records))
         anchor = grid_up(loop.time(), tick)
         async with asyncio.TaskGroup() as tg:
             for rec in records:
                 tg.create_task(
-                    self._endpoint_loop(rec, anchor, tick), name=f"probe:{rec.endpoint.id}"
+                    self._endpoint_loop(rec, anchor, tick),
+                    name=f"probe:{rec.endpoint.id}:{rec.probe}",
                 )
 
     async def _endpoint_loop(self, rec: EndpointRecord, anchor: float, tick: float) -> None:
         loop = asyncio.get_running_loop()
         ep = rec.endpoint
         interval = ep.timing.interval
-        offset = slot(ep.id, interval, tick)
+        offset = slot(rec.slot_key, interval, tick)
         n = 0
         due = slot_time(anchor, offset, interval, n, tick)
         while True:
@@ -186,19 +193,20 @@ class Scheduler:
             if not waiter.done():  # not cancelled meanwhile
                 waiter.set_result(None)
 
-    def _round_settings(self, ep: Endpoint) -> RoundSettings:
-        t = ep.timing
-        cached = self._settings.get(ep.id)
+    def _round_settings(self, rec: EndpointRecord) -> RoundSettings:
+        t = rec.endpoint.timing
+        cached = self._settings.get(rec.key)
         if cached is None or cached[0] is not t:  # new endpoint, or reloaded with new timing
-            cached = self._settings[ep.id] = (
+            cached = self._settings[rec.key] = (
                 t,
                 RoundSettings(count=t.count, spacing=t.spacing, timeout=t.timeout),
             )
         return cached[1]
 
     async def run_once(self, rec: EndpointRecord) -> None:
-        """One round of one endpoint, folded into its record."""
+        """One round of one (endpoint, probe) pair, folded into its record."""
         ep: Endpoint = rec.endpoint
+        probe = self._probes[rec.probe]
         started = self._clock.time()
         ip = self._literals.get(ep.address, _UNKNOWN)
         if ip is _UNKNOWN:  # first round of this address: is it an IP literal?
@@ -210,8 +218,8 @@ class Scheduler:
             result = RoundResult(echoes=(), failure=f"resolve: {exc}")
         else:
             rec.resolved = ip
-            result = await self._probes[ep.probe].run_round(ip, self._round_settings(ep), rec.tally)
-        obs = observe(result, started)
+            result = await probe.run_round(ip, self._round_settings(rec), rec.tally)
+        obs = observe(result, started, probe.voice)
         previous = rec.state
         rec.record(obs)
         if self._on_round is not None:
@@ -224,6 +232,7 @@ class Scheduler:
                 logging.INFO,
                 "state_changed",
                 endpoint=ep.id,
+                probe=rec.probe,
                 previous=previous.value if previous else "none",
                 state=rec.state.value if rec.state else "none",
                 loss=f"{obs.loss_ratio:.2f}",

@@ -1,6 +1,7 @@
 """Round statistics: loss, RTT summary, jitter (IPDV) and MOS, as defined in the README.
 
-All functions are pure; RTTs are in seconds.
+Probe-agnostic: every probe's round is summarised the same way; MOS only for a probe whose
+RTT is a voice/video round trip (``Probe.voice``). All functions are pure; RTTs in seconds.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Observation:
     errors: tuple[tuple[str, int], ...] = ()
     failure: str | None = None  # the round could not run (e.g. name resolution failed)
     duplicates: int = 0
+    voice: bool = True  # the probe's RTT is a media round trip, so a MOS estimate means something
 
     @property
     def up(self) -> bool:
@@ -58,9 +60,10 @@ class Observation:
         return ipdv_jitter(self.rtts)
 
     @property
-    def mos(self) -> float:
-        """Estimated MOS of a call over this path (1.0 when nothing answered)."""
-        return mos(self.rtt_avg, self.jitter, self.loss_ratio)
+    def mos(self) -> float | None:
+        """Estimated MOS of a call over this path (1.0 when nothing answered); None for a
+        probe whose RTT says nothing about a call (``voice`` false)."""
+        return mos(self.rtt_avg, self.jitter, self.loss_ratio) if self.voice else None
 
 
 def ipdv_jitter(rtts: tuple[float, ...] | list[float]) -> float | None:
@@ -86,8 +89,8 @@ def mos(rtt_avg: float | None, jitter: float | None, loss_ratio: float) -> float
     return min(4.5, max(1.0, score))
 
 
-def observe(result: RoundResult, started_at: float) -> Observation:
-    """Summarise a probe's round into an Observation."""
+def observe(result: RoundResult, started_at: float, voice: bool = True) -> Observation:
+    """Summarise a probe's round into an Observation (``voice``: the probe's, for MOS)."""
     # One pass, and no Counter unless something failed: this runs for every round.
     ok, error = Outcome.OK, Outcome.ERROR
     rtts: list[float] = []
@@ -108,4 +111,5 @@ def observe(result: RoundResult, started_at: float) -> Observation:
         errors=tuple(sorted(errors.items())) if errors else (),
         failure=result.failure,
         duplicates=result.duplicates,
+        voice=voice,
     )

@@ -17,10 +17,11 @@ Why it is built this way (DESIGN.md §2, "Measuring honestly"):
   from a heap of deadlines (no task wakeup or timer per echo or per round); a round awaits
   one future, completed by its last answer or by its deadline.
 - The engine works on a grid of ``tick`` seconds on the loop clock (DEFAULT_TICK on its own;
-  the scheduler sets the grid it starts rounds on). Since both timestamps come from the
-  kernel's clock, *when* the loop reads a reply changes nothing, and neither does when on the
-  grid an echo leaves. So while echoes are outstanding a socket is drained once per tick
-  instead of waking the loop for every reply; sends (when the spacing is a whole number of
+  built through a ProbeContext it follows the shared grid, vcmon.measure.grid, that the
+  scheduler starts rounds on). Since both timestamps come from the kernel's clock, *when*
+  the loop reads a reply changes nothing, and neither does when on the grid an echo leaves.
+  So while echoes are outstanding a socket is drained once per tick instead of waking the
+  loop for every reply; sends (when the spacing is a whole number of
   ticks), round deadlines and round starts fall on the same grid points, and asyncio runs
   every timer due at one point in one loop iteration. Wake-ups per second are then about
   ticks per second, however many endpoints there are: at low rates a wake-up, not per-packet
@@ -47,7 +48,17 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Final
 
-from vcmon.measure.probes.base import Echo, Outcome, RoundResult, RoundSettings, Tally
+from vcmon.config import IcmpSettings
+from vcmon.measure.grid import grid_after, grid_up, send_time
+from vcmon.measure.probes.base import (
+    Echo,
+    Outcome,
+    ProbeContext,
+    ProbeKind,
+    RoundResult,
+    RoundSettings,
+    Tally,
+)
 from vcmon.measure.probes.icmp_packet import (
     ICMP6_DEST_UNREACH,
     ICMP6_ECHO_REPLY,
@@ -93,7 +104,6 @@ _ANCBUFSIZE: Final = 256  # a timespec, or a sock_extended_err plus the offender
 _BATCH: Final = 4096  # packets per readable event; level-triggered epoll calls again
 _GRACE: Final = 0.002  # s; the round timer may fire a hair early against the realtime clock
 _EARLY: Final = 0.0002  # s; echoes due this soon go out with the current batch
-_SLACK: Final = 1e-6  # in ticks: a time this close to a grid point is on it (float noise)
 DEFAULT_TICK: Final = 0.02  # s; the grid of an engine on its own (the scheduler sets its own)
 _COOKIE_LEN: Final = 8
 _MAX_DESTS: Final = 65536  # remembered destinations, before idle ones are dropped
@@ -241,39 +251,6 @@ def _target(address: str) -> tuple[int, str, tuple[str, int] | tuple[str, int, i
     except OSError:
         raise ValueError(f"unknown interface in {address!r}") from None
     return socket.AF_INET6, key, (key, 0, 0, scope_id)
-
-
-def grid_up(t: float, tick: float) -> float:
-    """The first grid point at or after ``t`` (``t`` itself without a grid, ``tick`` 0)."""
-    if tick <= 0.0:
-        return t
-    return math.ceil(t / tick - _SLACK) * tick
-
-
-def grid_after(t: float, tick: float) -> float:
-    """The first grid point strictly after ``t``."""
-    return (math.floor(t / tick + _SLACK) + 1) * tick
-
-
-def send_time(start: float, i: int, spacing: float, tick: float) -> float:
-    """Loop time at which echo ``i`` (from 0) of a round started at ``start`` is due.
-
-    The first goes at once. When the spacing is a whole number of ticks the others fall on
-    the grid, counted from the grid point the round started on (the scheduler starts rounds
-    on one), so the round adds no wake-ups of its own and its spacing stays exact. Any other
-    spacing is kept as configured, off the grid.
-    """
-    if i == 0:
-        return start
-    steps = spacing / tick if tick > 0.0 else 0.0
-    if steps < 1.0 - _SLACK or abs(steps - round(steps)) > _SLACK:
-        return start + i * spacing
-    return (math.floor(start / tick + _SLACK) + i * round(steps)) * tick
-
-
-def send_times(start: float, count: int, spacing: float, tick: float) -> list[float]:
-    """send_time() of each echo of a round."""
-    return [send_time(start, i, spacing, tick) for i in range(count)]
 
 
 class _Pacer:
@@ -493,8 +470,8 @@ class IcmpEngine:
 
     @property
     def tick(self) -> float:
-        """The grid in seconds (0: none). The scheduler sets it to the grid it starts rounds
-        on; a change applies to rounds started afterwards."""
+        """The grid in seconds (0: none). It follows the shared grid the scheduler starts
+        rounds on (``follow_grid``); a change applies to rounds started afterwards."""
         return self._tick
 
     @tick.setter
@@ -509,6 +486,10 @@ class IcmpEngine:
             for fam in self._families.values():
                 if fam.active:  # rounds running: no more ticks to read for them
                     self._set_reading(fam, True)
+
+    def follow_grid(self, tick: float) -> None:
+        """Adopt the shared grid's tick (a Grid follower)."""
+        self.tick = tick
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -970,17 +951,39 @@ class IcmpEngine:
                 r.wake()
 
 
+ENGINE: Final = "icmp-engine"  # the shared resource's key in a ProbeContext
+
+
+def shared_engine(ctx: ProbeContext) -> IcmpEngine:
+    """The context's ICMP engine, made from the ``icmp:`` block on first request; it sends,
+    reads and ends rounds on the context's grid."""
+
+    def make() -> IcmpEngine:
+        s = ctx.settings("icmp", IcmpSettings)
+        engine = IcmpEngine(mode=s.socket, max_rate=s.max_rate, payload_size=s.payload_size)
+        ctx.grid.follow(engine.follow_grid)
+        return engine
+
+    return ctx.shared(ENGINE, IcmpEngine, make)
+
+
 class IcmpProbe:
     """The "icmp" probe: echo rounds through the shared engine."""
 
     name = "icmp"
+    voice = True  # an echo's round trip is the one a call's packets make
 
     def __init__(self, engine: IcmpEngine) -> None:
         self._engine = engine
 
+    @classmethod
+    def create(cls, ctx: ProbeContext) -> IcmpProbe:
+        """The probe on the context's shared engine (asking for it starts it)."""
+        return cls(shared_engine(ctx))
+
     @property
     def engine(self) -> IcmpEngine:
-        """The shared engine (the scheduler aligns its grid with the rounds' grid)."""
+        """The shared engine."""
         return self._engine
 
     def run_round(
@@ -992,3 +995,12 @@ class IcmpProbe:
         a frame less to resume at each wake-up of each round.
         """
         return self._engine.ping_round(address, settings, tally)
+
+
+KIND: Final = ProbeKind(
+    name=IcmpProbe.name,
+    create=IcmpProbe.create,
+    voice=IcmpProbe.voice,
+    settings_key="icmp",
+    settings_model=IcmpSettings,
+)
