@@ -118,12 +118,12 @@ def measurements(obs: Observation | None) -> Measurements:
     """The figures of a round, in the units of the event contract."""
     if obs is None:
         return Measurements()
-    rtt, jitter = obs.rtt_avg, obs.jitter
+    rtt, jitter, score = obs.rtt_avg, obs.jitter, obs.mos
     return Measurements(
         rtt_ms=round(rtt * 1000.0, 3) if rtt is not None else None,
         jitter_ms=round(jitter * 1000.0, 3) if jitter is not None else None,
         loss_pct=round(obs.loss_ratio * 100.0, 1),
-        mos=round(obs.mos, 2) if rtt is not None else None,
+        mos=round(score, 2) if rtt is not None and score is not None else None,
     )
 
 

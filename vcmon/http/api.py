@@ -168,7 +168,7 @@ def endpoint_status(rec: EndpointRecord) -> dict[str, Any]:
                 "max": _ms(obs.rtt_max),
             },
             "jitter_ms": _ms(obs.jitter),
-            "mos": round(obs.mos, 2),
+            "mos": round(obs.mos, 2) if obs.mos is not None else None,
             "failure": obs.failure,
             "errors": dict(obs.errors),
         }
