@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 
 from vcmon import __version__
@@ -19,8 +19,8 @@ from vcmon.http.exposition import EndpointExposition
 from vcmon.http.limits import raise_fd_limit
 from vcmon.http.metrics import AlertCollector, HttpCollector, StoreCollector, build_registry
 from vcmon.logs import event
-from vcmon.measure.probes.base import Probe
-from vcmon.measure.probes.icmp import IcmpEngine
+from vcmon.measure.probes.base import Probe, ProbeContext, Resource
+from vcmon.measure.probes.icmp import ENGINE, IcmpEngine
 from vcmon.measure.probes.registry import build_probes
 from vcmon.measure.resolver import Resolver
 from vcmon.measure.results import EndpointRecord, Results
@@ -38,7 +38,7 @@ class Daemon:
         # Named network namespace the ICMP sockets are opened in (HTTP stays in ours).
         self.icmp_netns = icmp_netns
         self.results = Results(config.endpoints)
-        self._engine: IcmpEngine | None = None
+        self.probe_context: ProbeContext | None = None  # made by run(); holds shared sockets
         self.exposition = EndpointExposition(self.results)
         self.registry, self.self_metrics = build_registry(self._engine_counters)
         self.self_metrics.config_reload_ok.set(1)
@@ -53,8 +53,34 @@ class Daemon:
         self._reload_wanted = False
         self.on_stop: Callable[[], None] | None = None  # told, in the loop, when asked to stop
 
+    def _icmp_engine(self) -> IcmpEngine | None:
+        """The shared ICMP engine, if some endpoint's probe asked for one."""
+        ctx = self.probe_context
+        return ctx.existing(ENGINE, IcmpEngine) if ctx is not None else None
+
     def _engine_counters(self) -> dict[str, int]:
-        return dict(self._engine.counters) if self._engine is not None else {}
+        engine = self._icmp_engine()
+        return dict(engine.counters) if engine is not None else {}
+
+    def _probe_context(self, cfg: Config) -> ProbeContext:
+        netns = self.icmp_netns
+
+        async def open_in_netns(resource: Resource) -> None:
+            assert netns is not None
+            _start_in_netns(resource, netns)
+
+        return ProbeContext(
+            resolver=self.resolver,
+            settings=dict(cfg),  # a probe's block is the top-level key it names (``icmp:``)
+            opener=open_in_netns if netns is not None else None,
+        )
+
+    def _add_probes(self, probes: dict[str, Probe]) -> None:
+        """Build the probes the inventory uses and has not got yet (they ask for their
+        shared resources; ProbeContext.start() opens those)."""
+        assert self.probe_context is not None
+        wanted = {rec.probe for rec in self.results} - probes.keys()
+        probes.update(build_probes(self.probe_context, wanted))
 
     def stop(self) -> None:
         """Ask the daemon to finish; safe to call from a signal handler."""
@@ -87,18 +113,16 @@ class Daemon:
         self.delivery.on_ack = self.alerts.ack_from
         self.delivery.count_acks(self.self_metrics.acks)
         try:
-            engine = IcmpEngine(
-                mode=cfg.icmp.socket, max_rate=cfg.icmp.max_rate, payload_size=cfg.icmp.payload_size
-            )
-            if self.icmp_netns is not None:
-                _start_in_netns(engine, self.icmp_netns)
-            async with engine:  # starts it, unless already started in the namespace
-                self._engine = engine
-                probes = build_probes(engine)
+            ctx = self.probe_context = self._probe_context(cfg)
+            probes: dict[str, Probe] = {}
+            self._add_probes(probes)
+            async with ctx:  # opens the shared resources the probes asked for, closes them
+                engine = self._icmp_engine()
+                icmp_mode = engine.mode if engine is not None else "none"  # no ICMP endpoint
                 info = {
                     "instance": cfg.instance,
                     "config": str(cfg.source),
-                    "icmp_mode": engine.mode,
+                    "icmp_mode": icmp_mode,
                 }
                 api = Api(
                     self.results,
@@ -111,7 +135,7 @@ class Daemon:
                 self.registry.register(HttpCollector(server.stats))
                 try:
                     event(log, logging.INFO, "started", version=__version__, listen=cfg.listen,
-                          endpoints=len(self.results), icmp_mode=engine.mode)  # fmt: skip
+                          endpoints=len(self.results), icmp_mode=icmp_mode)  # fmt: skip
                     self.started.set()
                     await self._supervise(probes)
                 finally:
@@ -122,15 +146,24 @@ class Daemon:
             self.alerts.close()
         event(log, logging.INFO, "stopped")
 
-    async def _supervise(self, probes: Mapping[str, Probe]) -> None:
+    async def _supervise(self, probes: dict[str, Probe]) -> None:
         alerts = self.alerts
         assert alerts is not None
 
-        def start() -> asyncio.Task[None]:
+        async def schedule() -> None:
+            await self._start_probes(probes)
             scheduler = Scheduler(
-                self.results, probes, self.resolver, self.self_metrics, on_round=self._on_round
+                self.results,
+                probes,
+                self.resolver,
+                self.self_metrics,
+                on_round=self._on_round,
+                grid=self.probe_context.grid if self.probe_context is not None else None,
             )
-            return tg.create_task(scheduler.run(), name="scheduler")
+            await scheduler.run()
+
+        def start() -> asyncio.Task[None]:
+            return tg.create_task(schedule(), name="scheduler")
 
         async with asyncio.TaskGroup() as tg:
             background = [tg.create_task(alerts.run(), name="alerts")]
@@ -153,6 +186,19 @@ class Daemon:
                     if self._apply_reload():
                         task.cancel()
                         task = start()
+
+    async def _start_probes(self, probes: dict[str, Probe]) -> None:
+        """After a reload: build the probes new to the inventory and open what they share.
+        One that cannot start (e.g. no ICMP privileges) is left out and logged, not fatal."""
+        assert self.probe_context is not None
+        had = set(probes)
+        self._add_probes(probes)
+        try:
+            await self.probe_context.start()
+        except (OSError, RuntimeError) as exc:
+            for name in set(probes) - had:
+                del probes[name]
+            event(log, logging.ERROR, "probe_start_failed", error=str(exc))
 
     def _on_round(self, rec: EndpointRecord, obs: Observation) -> None:
         """A round landed: the alert engine decides the state, then its series are rendered."""
@@ -193,14 +239,17 @@ class Daemon:
         if self.alerts is not None:
             self.alerts.reload(new)
         self.resolver = Resolver(ttl=new.resolve_interval)
+        if self.probe_context is not None:
+            self.probe_context.resolver = self.resolver
         self.self_metrics.config_reload_ok.set(1)
         self.self_metrics.config_reload_time.set(time.time())
         event(log, logging.INFO, "config_reloaded", endpoints=len(new.endpoints))
         return True
 
 
-def _start_in_netns(engine: IcmpEngine, name: str) -> None:
-    """Open the engine's sockets inside network namespace ``name`` (the lab's monitor side).
+def _start_in_netns(engine: Resource, name: str) -> None:
+    """Open a shared probe resource's sockets inside network namespace ``name`` (the lab's
+    monitor side).
 
     A socket keeps the namespace it was created in, so probes go through the lab while HTTP
     is served on this host's loopback. Only this thread switches, and only for the synchronous
@@ -218,7 +267,9 @@ def _start_in_netns(engine: IcmpEngine, name: str) -> None:
         else:
             step.close()
             engine.close()
-            raise RuntimeError("the ICMP engine's start() suspended; cannot open it in a netns")
+            raise RuntimeError(
+                f"{type(engine).__name__}.start() suspended; cannot open it in a netns"
+            )
     event(log, logging.INFO, "icmp_netns", netns=name)
 
 
