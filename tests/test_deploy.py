@@ -314,8 +314,8 @@ def test_unit_runs_vcmon_and_checks_first() -> None:
     assert Path(start[0]).name == "vcmon", start
     assert pre[0] == start[0]
     handler, config = parsed_command(start[1:])
-    assert handler is cli.cmd_run
-    assert parsed_command(pre[1:]) == (cli.cmd_check, config)
+    assert handler is cli.daemon.cmd_run
+    assert parsed_command(pre[1:]) == (cli.daemon.cmd_check, config)
     # The config is in the directory ConfigurationDirectory= makes: /etc/<it>.
     assert Path(config).parent == Path("/etc") / one(unit, "Service", "ConfigurationDirectory")
     # vcmon stops within 2 s of SIGTERM; the unit waits a little longer, not minutes.
@@ -417,7 +417,7 @@ def test_containerfile_runs_vcmon_as_non_root() -> None:
         assert int(number) != 0, f"USER {user}: not root"
     assert exec_form(final.last("ENTRYPOINT")) == ["vcmon"]
     command = exec_form(final.last("CMD"))
-    assert parsed_command(command) == (cli.cmd_run, "/etc/vcmon/vcmon.yaml")
+    assert parsed_command(command) == (cli.daemon.cmd_run, "/etc/vcmon/vcmon.yaml")
     # The config that CMD reads is the container config, copied there.
     assert f"{CONTAINER_CONFIG.relative_to(ROOT)} /etc/vcmon/vcmon.yaml" in final.all("COPY")
     env = env_of(final)
@@ -702,7 +702,7 @@ def test_deployment_runs_vcmon_with_config_state_and_probes() -> None:
     container = deployment_container()
     assert container["image"] == IMAGE
     handler, config = parsed_command(container["args"])
-    assert handler is cli.cmd_run
+    assert handler is cli.daemon.cmd_run
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     env = {e["name"]: e["value"] for e in container["env"]}
@@ -984,7 +984,7 @@ def test_runs_with_the_deployed_privileges(how: str, tmp_path: Path, require_roo
     prelude = f"sysctl -q -p {shlex.quote(str(d.sysctl))} && " if d.sysctl else ""
     env = {**os.environ, **d.env, "NO_COLOR": "1", "COLUMNS": "200"}
     handler, config = parsed_command(d.argv)
-    assert handler is cli.cmd_run
+    assert handler is cli.daemon.cmd_run
 
     # vcmon check (ExecStartPre, or by hand in a container) sees the same socket.
     script = f'ip link set lo up && {prelude}exec "$@"'

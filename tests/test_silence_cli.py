@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry
 from vcmon import cli
 from vcmon.alerts.model import Silence
 from vcmon.alerts.runtime import AlertRuntime
-from vcmon.cli import api_commands as silence_cli
-from vcmon.cli.api_commands import Cell
+from vcmon.cli import alerts as silence_cli
+from vcmon.cli.alerts import Cell
 from vcmon.clock import FakeClock
 from vcmon.config import load_config
 from vcmon.http.api import Api, serve

@@ -630,7 +630,7 @@ async def _until(check: Callable[[], Awaitable[bool]], within: float, what: str)
 def test_cli_credentials(
     tmp_path: Path, env: dict[str, str], file: str | None, expected: str | None
 ) -> None:
-    from vcmon.cli.api_commands import credentials
+    from vcmon.cli.client import credentials
 
     path = None
     if file is not None:
@@ -651,7 +651,7 @@ def test_cli_credentials(
 def test_cli_credentials_refused(
     tmp_path: Path, env: dict[str, str], file: str | None, error: str
 ) -> None:
-    from vcmon.cli.api_commands import CommandError, credentials
+    from vcmon.cli.client import CommandError, credentials
 
     path = None
     if file is not None:

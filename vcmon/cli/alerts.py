@@ -1,37 +1,36 @@
-"""`vcmon silence add|list|expire` and `vcmon alerts list|ack`: the daemon's alerts API from the
-command line. Asking and shaping is here; drawing is cli.py's (the only rich user).
-
-Credentials never come from argv alone: $VCMON_TOKEN, or $VCMON_USER and $VCMON_PASSWORD, or
-a file (--credentials-file / $VCMON_CREDENTIALS_FILE) holding ``user:password`` or a token.
-An https daemon's CA: --ca-file / $VCMON_CA_FILE."""
+"""`vcmon alerts list|ack|test` and `vcmon silence add|list|expire`: the daemon's alerts API
+from the command line, and a test alert through every sink. The API commands ask and shape
+(pure functions returning a line or a Grid); ``cmd_daemon_api`` draws what they return."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-if TYPE_CHECKING:
-    import httpx
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
-EXIT_FAILURE, EXIT_USAGE = 1, 2
-DEFAULT_CONFIG: Final = "config/vcmon.yaml"
-TIMEOUT: Final = 5.0  # s; the daemon answers from memory, so longer means it is not there
+from vcmon.cli.client import (
+    CommandError,
+    Credentials,
+    add_daemon_options,
+    call,
+    credentials,
+    daemon_url,
+)
+from vcmon.cli.outbox import send_test
+from vcmon.cli.output import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, err, load, out
+
 MATCHER_FIELDS: Final = ("endpoint", "district", "level", "kind", "severity")
 _SEVERITY_STYLE: Final = {"critical": "bold red", "warning": "yellow"}
-
-
-class CommandError(Exception):
-    """A failure to print as one line and exit with ``code``."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +43,7 @@ class Cell:
 
 @dataclass(frozen=True, slots=True)
 class Grid:
-    """A table for cli.py to draw."""
+    """A table for ``cmd_daemon_api`` to draw."""
 
     title: str
     columns: tuple[str, ...]
@@ -55,37 +54,18 @@ Output = str | Grid  # a line (an id, a JSON document) or a table
 Command = Callable[[argparse.Namespace], Output]
 
 
-# --- arguments ----------------------------------------------------------------------------------
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`alerts test|list|ack` and `silence add|list|expire`. The API commands run through
+    ``cmd_daemon_api``, which calls ``args.run`` and draws what it returns."""
+    handler = cmd_daemon_api
+    al = sub.add_parser("alerts", help="alert tools")
+    alerts_sub = al.add_subparsers(dest="alerts_command", required=True)
+    al_test = alerts_sub.add_parser("test", help="send a test alert through each sink; show "
+                                    "what each receiver acknowledged")  # fmt: skip
+    al_test.add_argument("-c", "--config", required=True, help="config file (YAML)")
+    al_test.add_argument("--sink", help="only this sink")
+    al_test.set_defaults(func=cmd_alerts_test)
 
-
-def add_daemon_options(p: argparse.ArgumentParser) -> None:
-    """-c/--config (its ``listen``) or --url: where the daemon is."""
-    where = p.add_mutually_exclusive_group()
-    where.add_argument(
-        "-c",
-        "--config",
-        default=DEFAULT_CONFIG,
-        help=f"config file of the daemon, for its listen address ({DEFAULT_CONFIG})",
-    )
-    where.add_argument("--url", help="the daemon's base URL, e.g. http://127.0.0.1:9231")
-    p.add_argument(
-        "--credentials-file",
-        metavar="FILE",
-        help="a file holding user:password or a token ($VCMON_CREDENTIALS_FILE; else "
-        "$VCMON_TOKEN, or $VCMON_USER and $VCMON_PASSWORD)",
-    )
-    p.add_argument(
-        "--ca-file", metavar="FILE", help="CA of an https daemon's certificate ($VCMON_CA_FILE)"
-    )
-
-
-def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    alerts_sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    handler: Callable[[argparse.Namespace], int],
-) -> None:
-    """Add `silence …` to ``sub`` and `list` to the `alerts` subcommands; each runs through
-    ``handler``, which calls ``args.run`` and draws what it returns."""
     al_list = alerts_sub.add_parser(
         "list", help="open alerts of a running daemon, or those that ended (--ended)"
     )
@@ -135,136 +115,47 @@ def add_parsers(
     expire.set_defaults(func=handler, run=silence_expire)
 
 
-# --- talking to the daemon ----------------------------------------------------------------------
+# --- drawing ------------------------------------------------------------------------------------
 
 
-def daemon_url(args: argparse.Namespace) -> str:
-    """The daemon's base URL: --url, else http:// and the config's ``listen``."""
-    if args.url:
-        url = str(args.url).rstrip("/")
-        if not url.startswith(("http://", "https://")):
-            raise CommandError(f"--url {args.url}: expected http://HOST:PORT", EXIT_USAGE)
-        return url
-    from vcmon.config import ConfigError, load_config
-    from vcmon.http.api import split_listen
+def cmd_daemon_api(args: argparse.Namespace) -> int:
+    """`vcmon silence …` and `vcmon alerts list|ack`: run ``args.run`` and draw what it returns."""
+    try:
+        output = args.run(args)
+    except CommandError as exc:
+        err.print(f"vcmon: {exc}", markup=False)
+        return exc.code
+    if isinstance(output, Grid):
+        table = Table(title=Text(output.title), title_justify="left")
+        for col in output.columns:
+            table.add_column(col)
+        for row in output.rows:
+            table.add_row(*(Text(cell.text, style=cell.style) for cell in row))
+        # Piped into a file or grep, one line per row beats columns squeezed into 80.
+        (out if out.is_terminal else Console(highlight=False, width=240)).print(table)
+    else:
+        sys.stdout.write(output + "\n")  # ids and JSON verbatim: no markup, no emoji codes
+    return EXIT_OK
 
-    if args.config == DEFAULT_CONFIG and not Path(DEFAULT_CONFIG).exists():
-        raise CommandError(
-            f"no {DEFAULT_CONFIG} here; give the daemon's config with -c or its address with --url",
-            EXIT_USAGE,
+
+def cmd_alerts_test(args: argparse.Namespace) -> int:
+    """A firing and its resolve through each sink (or one), with what each receiver said."""
+    config = load(args.config)
+    results = asyncio.run(send_test(config, args.sink))
+    if not results:
+        err.print(f"vcmon: no sink named {args.sink!r} in {config.source}", markup=False)
+        return EXIT_USAGE
+    table = Table(title="test alert (a firing and its resolve) through each sink")
+    for col in ("sink", "result", "seconds"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(
+            r.sink,
+            Text(r.detail, style="green" if r.ok else "bold red"),
+            f"{r.seconds:.3f}",
         )
-    try:
-        config = load_config(Path(args.config))
-    except ConfigError as exc:
-        raise CommandError(str(exc), EXIT_USAGE) from None
-    host, port = split_listen(config.listen)
-    # A daemon listening on every address is reached on loopback.
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    scheme = "https" if _web_tls(config) else "http"
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
-
-
-def _web_tls(config: Any) -> bool:
-    from vcmon.config import ConfigError
-    from vcmon.http.auth import load_for
-
-    try:
-        web = load_for(config)
-    except ConfigError:
-        return False  # the daemon refuses it too; plain http will say it is not there
-    return web is not None and web.tls is not None
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """How this command proves who it is: an Authorization header value, or nothing."""
-
-    authorization: str | None = None
-    ca_file: str | None = None
-
-    @property
-    def present(self) -> bool:
-        """True when credentials were given."""
-        return self.authorization is not None
-
-
-def credentials(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Credentials:
-    """Credentials from --credentials-file / $VCMON_CREDENTIALS_FILE, $VCMON_TOKEN, or
-    $VCMON_USER and $VCMON_PASSWORD (in this order); never from the command line itself."""
-    import base64
-
-    env = os.environ if env is None else env
-    ca_file = getattr(args, "ca_file", None) or env.get("VCMON_CA_FILE") or None
-    path = getattr(args, "credentials_file", None) or env.get("VCMON_CREDENTIALS_FILE")
-    secret: str | None = None
-    if path:
-        try:
-            secret = Path(path).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-            raise CommandError(f"credentials file {path}: {why}", EXIT_USAGE) from None
-        if not secret or "\n" in secret:
-            raise CommandError(
-                f"credentials file {path}: expected one line, user:password or a token",
-                EXIT_USAGE,
-            )
-    elif env.get("VCMON_TOKEN"):
-        secret = env["VCMON_TOKEN"].strip()
-    elif env.get("VCMON_USER") or env.get("VCMON_PASSWORD"):
-        if not (env.get("VCMON_USER") and env.get("VCMON_PASSWORD")):
-            raise CommandError("set both VCMON_USER and VCMON_PASSWORD", EXIT_USAGE)
-        secret = f"{env['VCMON_USER']}:{env['VCMON_PASSWORD']}"
-    if secret is None:
-        return Credentials(None, ca_file)
-    if ":" in secret:
-        basic = base64.b64encode(secret.encode("utf-8")).decode("ascii")
-        return Credentials(f"Basic {basic}", ca_file)
-    return Credentials(f"Bearer {secret}", ca_file)
-
-
-def call(
-    url: str, method: str, path: str, body: Any = None, creds: Credentials | None = None
-) -> dict[str, Any]:
-    """One API request; CommandError when the daemon is not there or refuses."""
-    import ssl
-
-    import httpx  # not at the top: the other commands would pay for loading it
-
-    creds = creds or Credentials()
-    headers = {"Authorization": creds.authorization} if creds.authorization else {}
-    verify: ssl.SSLContext | bool = True
-    if creds.ca_file:
-        try:
-            verify = ssl.create_default_context(cafile=creds.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise CommandError(f"--ca-file {creds.ca_file}: {exc}", EXIT_USAGE) from None
-    try:
-        with httpx.Client(timeout=TIMEOUT, verify=verify) as http:
-            resp = http.request(method, url + path, json=body, headers=headers)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise CommandError(
-            f"cannot reach vcmon at {url}: {exc or type(exc).__name__}; is the daemon running?"
-        ) from None
-    doc = _json_of(resp)
-    if resp.status_code >= 400:
-        error = doc.get("error") if doc is not None else None
-        if resp.status_code == 401:
-            how = "VCMON_TOKEN, or VCMON_USER and VCMON_PASSWORD, or --credentials-file"
-            error = f"vcmon at {url} wants credentials ({error or 'refused'}): set {how}"
-        # A 400 is the command's input (a bad regex, a comment of spaces): a usage error.
-        code = EXIT_USAGE if resp.status_code == 400 else EXIT_FAILURE
-        raise CommandError(str(error or f"{url}{path} answered HTTP {resp.status_code}"), code)
-    if doc is None:
-        raise CommandError(f"{url}{path} did not answer JSON; is this vcmon's address?")
-    return doc
-
-
-def _json_of(resp: httpx.Response) -> dict[str, Any] | None:
-    try:
-        doc = resp.json()
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
+    out.print(table)
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILURE
 
 
 # --- the commands -------------------------------------------------------------------------------

@@ -1,21 +1,72 @@
 """`vcmon outbox` and `vcmon alerts test`: what each sink still has to deliver and its dead
 letters, read from the state file (the daemon may be running: SQLite's WAL lets both read and
-write); and a test event sent through every sink."""
+write); and the test event that `vcmon alerts test` sends through every sink."""
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from rich.table import Table
+
 from vcmon.alerts.model import rfc3339
 from vcmon.alerts.runtime import state_path
-from vcmon.alerts.store import Store
+from vcmon.alerts.store import Store, StoreError
+from vcmon.cli.output import EXIT_FAILURE, EXIT_OK, err, load, out
 from vcmon.config import Config
 from vcmon.delivery.grouping import Notification, group_labels
 from vcmon.delivery.sinks.base import GroupSink, SinkError
 from vcmon.delivery.sinks.registry import build_sinks, grouping_of
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`outbox` (the backlog) and `outbox retry`."""
+    box = sub.add_parser("outbox", help="what each sink still has to deliver; dead letters")
+    box.add_argument("-c", "--config", required=True, help="config file (YAML)")
+    box_sub = box.add_subparsers(dest="outbox_command")
+    retry = box_sub.add_parser("retry", help="send dead letters again, in order")
+    retry.add_argument("--sink", help="only this sink's")
+    box.set_defaults(func=cmd_outbox, outbox_command="list")
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    """Each sink's cursor, pending events and dead letters; or requeue the dead letters."""
+    config = load(args.config)
+    try:
+        if args.outbox_command == "retry":
+            counts = retry_dead_letters(config, args.sink)
+            for sink, n in counts.items():
+                out.print(f"{sink}: {n} dead letters requeued", markup=False)
+            if not counts:
+                out.print("no dead letters", markup=False)
+            return EXIT_OK
+        last, sinks = backlog(config)
+    except StoreError as exc:
+        err.print(f"vcmon: {exc}", markup=False)
+        return EXIT_FAILURE
+    table = Table(title=f"outbox (newest event: {last})")
+    for col in ("sink", "delivered up to", "pending", "dead letters"):
+        table.add_column(col)
+    for b in sinks:
+        table.add_row(
+            b.sink,
+            "not started" if b.cursor is None else str(b.cursor),
+            str(len(b.pending)),
+            str(len(b.dead)),
+        )
+    out.print(table)
+    for b in sinks:
+        for doc in b.pending[:10]:
+            out.print(f"  {b.sink} pending #{doc['seq']} {doc['status']} {doc['kind']} "
+                      f"{doc['endpoint']['id']}: {doc['summary']}", markup=False)  # fmt: skip
+        for seq, reason, at in b.dead:
+            when = dt.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
+            out.print(f"  {b.sink} dead letter #{seq}: {reason} at {when}", markup=False)
+    return EXIT_OK
 
 
 @dataclass(frozen=True, slots=True)
