@@ -206,6 +206,7 @@ class RecordingProbe:
     """The daemon's probe, unchanged, plus a copy of every round it completes."""
 
     name = "icmp"
+    voice = True
 
     def __init__(self, inner: Probe, sink: list[RoundRecord]) -> None:
         self._inner = inner

@@ -38,7 +38,7 @@ def _write_config(n: int, path: Path) -> None:
 async def _measure(n: int, duration: float, warmup: float, tick: float | None) -> dict[str, Any]:
     from vcmon.config import load_config
     from vcmon.http.metrics import build_registry
-    from vcmon.measure.probes.icmp import IcmpEngine
+    from vcmon.measure.probes.base import ProbeContext
     from vcmon.measure.probes.registry import build_probes
     from vcmon.measure.resolver import Resolver
     from vcmon.measure.results import Results
@@ -51,8 +51,10 @@ async def _measure(n: int, duration: float, warmup: float, tick: float | None) -
     results = Results(config.endpoints)
     _, self_metrics = build_registry(dict)
     rate = sum(ep.timing.count / ep.timing.interval for ep in config.endpoints)
-    async with IcmpEngine(mode="auto", max_rate=max(5000.0, rate * 2)) as engine:
-        scheduler = Scheduler(results, build_probes(engine), Resolver(), self_metrics, tick=tick)
+    ctx = ProbeContext(settings={"icmp": {"socket": "auto", "max_rate": max(5000.0, rate * 2)}})
+    probes = build_probes(ctx, {"icmp"})
+    async with ctx:
+        scheduler = Scheduler(results, probes, Resolver(), self_metrics, tick=tick, grid=ctx.grid)
         task = asyncio.create_task(scheduler.run())
         await asyncio.sleep(warmup)
         scheduler.lag_samples.clear()
