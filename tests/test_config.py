@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from vcmon.config import source
+from vcmon.config import fields, source
 from vcmon.config.loading import load_config
 from vcmon.config.problems import MAX_PROBLEMS, ConfigError, Problem
 from vcmon.config.schema import Endpoint, Level, Timing, check_address, label_name
@@ -871,3 +872,47 @@ def test_tree_issues(
 )
 def test_slugs(text: str, slug: str, label: str) -> None:
     assert (slugify(text), label_name(text)) == (slug, label)
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "message"),
+    [
+        (
+            fields.between(1, 100, "a whole number"),
+            0,
+            "expected a whole number from 1 to 100, got 0",
+        ),
+        (fields.between(1, 100, "a whole number"), 100, None),
+        (fields.between(5, 9, "a keepalive", " seconds"), 4, "from 5 to 9 seconds, got 4"),
+        (fields.between(0, 100, "a percentage"), 100.5, "a percentage from 0 to 100, got 100.5"),
+        (fields.between(0, 60, "acks", above=True), 0.0, "expected acks from above 0 to 60, got 0"),
+        (fields.between(0, 60, "acks", above=True), float("nan"), "got nan"),
+        (fields.between(0, 60, "acks", above=True), 60.0, None),
+        (fields.positive("seconds"), 0.0, "expected a number of seconds greater than 0, got 0"),
+        (fields.positive("seconds"), float("inf"), "greater than 0, got inf"),
+        (fields.positive("seconds"), 0.001, None),
+        (fields.at_least_zero(), -1.0, "expected a value ≥ 0, got -1"),
+        (fields.at_least_zero("seconds"), float("nan"), "a number of seconds ≥ 0, got nan"),
+        (fields.at_least_zero("seconds"), 0.0, None),
+    ],
+)
+def test_number_checks(check: Callable[[float], float], value: float, message: str | None) -> None:
+    if message is None:
+        assert check(value) == value
+    else:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check(value)
+
+
+def test_a_boolean_is_not_a_number_in_any_section(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        f"alerts: {{health: {{down_after: yes}}}}\nsinks: [{{type: mqtt, keepalive: on}}]\n"
+        f"endpoints: [{ROOT}]\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == (
+        f"{path}:1:31: alerts.health.down_after: expected a number, got yes\n"
+        f"{path}:2:33: sinks[0].keepalive: expected a number, got on"
+    )

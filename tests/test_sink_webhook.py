@@ -275,7 +275,7 @@ def test_defaults_and_secrets_kept_out_of_repr() -> None:
         ({"url": "http:///path"}, "expected an http:// or https:// URL"),
         ({"url": "http://127.0.0.1:99999/"}, "expected an http:// or https:// URL"),
         ({"url": "http://127.0.0.1/a b"}, "expected an http:// or https:// URL"),
-        ({"timeout": 0}, "expected a number of seconds > 0"),
+        ({"timeout": 0}, "expected a number of seconds greater than 0"),
         ({"timeout": True}, "expected a number, got true"),
         ({"headers": {"Webhook-Signature": "x"}}, "set by vcmon itself"),
         ({"headers": {"Content-Type": "text/plain"}}, "set by vcmon itself"),

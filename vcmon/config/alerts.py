@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from vcmon.config.fields import NonNegative, NonNegativeSeconds, not_bool
+from vcmon.config.fields import NonNegative, NonNegativeSeconds, between, not_bool
 from vcmon.config.patterns import compile_pattern
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -34,16 +34,8 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-def _rounds(value: int) -> int:
-    if not 1 <= value <= 1000:
-        raise ValueError(f"expected a number of rounds from 1 to 1000, got {value}")
-    return value
-
-
-def _percent(value: float) -> float:
-    if not 0.0 <= value <= 100.0:
-        raise ValueError(f"expected a percentage from 0 to 100, got {value:g}")
-    return value
+_rounds = between(1, 1000, "a number of rounds")
+_percent = between(0, 100, "a percentage")
 
 
 Rounds = Annotated[int, BeforeValidator(not_bool), AfterValidator(_rounds)]

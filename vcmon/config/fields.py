@@ -1,45 +1,74 @@
-"""Checks shared by the config models of the daemon's parts (alerts, sinks): numbers as YAML
+"""Number checks shared by every section's models (endpoints, alerts, sinks): numbers as YAML
 gives them, with errors that say what was expected."""
 
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, BeforeValidator
+from pydantic_core import PydanticCustomError
+
+N = TypeVar("N", int, float)
 
 
 def not_bool(value: object) -> object:
     """Refuse a boolean where a number belongs (YAML reads yes/no/on/off as booleans, which
     pydantic would quietly take for 1 and 0)."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {str(value).lower()}")
+        # Its own error type, so the config's explainer can quote the word as written (yes).
+        raise PydanticCustomError(
+            "bool_not_number", "expected a number, got {value}", {"value": str(value).lower()}
+        )
     return value
 
 
-def positive_seconds(value: float) -> float:
-    """A finite number of seconds above 0."""
-    if not value > 0 or math.isinf(value):
-        raise ValueError(f"expected a number of seconds > 0, got {value:g}")
-    return value
+def _shown(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def non_negative(value: float) -> float:
-    """A finite number ≥ 0."""
-    if not value >= 0 or math.isinf(value):
-        raise ValueError(f"expected a value ≥ 0, got {value:g}")
-    return value
+def positive(unit: str) -> Callable[[N], N]:
+    """A check for a finite number of ``unit`` above 0."""
+
+    def check(value: N) -> N:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"expected a number of {unit} greater than 0, got {value:g}")
+        return value
+
+    return check
 
 
-def non_negative_seconds(value: float) -> float:
-    """A finite number of seconds ≥ 0."""
-    if not value >= 0 or math.isinf(value):
-        raise ValueError(f"expected a number of seconds ≥ 0, got {value:g}")
-    return value
+def at_least_zero(unit: str | None = None) -> Callable[[N], N]:
+    """A check for a finite number (of ``unit``) ≥ 0."""
+    what = f"a number of {unit}" if unit else "a value"
+
+    def check(value: N) -> N:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"expected {what} ≥ 0, got {value:g}")
+        return value
+
+    return check
 
 
-PositiveSeconds = Annotated[float, BeforeValidator(not_bool), AfterValidator(positive_seconds)]
-NonNegative = Annotated[float, BeforeValidator(not_bool), AfterValidator(non_negative)]
+def between(
+    low: int, high: int, what: str, unit: str = "", above: bool = False
+) -> Callable[[N], N]:
+    """A check for ``low`` ≤ value ≤ ``high`` (``low`` < value when ``above``), worded as
+    'expected {what} from {low} to {high}{unit}, got …'."""
+
+    def check(value: N) -> N:
+        inside = (low < value if above else low <= value) and value <= high
+        if not inside:  # NaN is never inside
+            start = f"above {low}" if above else str(low)
+            raise ValueError(f"expected {what} from {start} to {high}{unit}, got {_shown(value)}")
+        return value
+
+    return check
+
+
+PositiveSeconds = Annotated[float, BeforeValidator(not_bool), AfterValidator(positive("seconds"))]
+NonNegative = Annotated[float, BeforeValidator(not_bool), AfterValidator(at_least_zero())]
 NonNegativeSeconds = Annotated[
-    float, BeforeValidator(not_bool), AfterValidator(non_negative_seconds)
+    float, BeforeValidator(not_bool), AfterValidator(at_least_zero("seconds"))
 ]

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import math
 import re
 import socket
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -22,9 +21,9 @@ from pydantic import (
     PrivateAttr,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from vcmon.config.alerts import AlertsConfig, Override
+from vcmon.config.fields import PositiveSeconds, between, not_bool, positive
 from vcmon.config.problems import did_you_mean
 from vcmon.delivery.sinks.registry import SinkConfig
 from vcmon.text import slugify
@@ -52,33 +51,6 @@ _LABEL_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HOST_LABEL_RE: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _LISTEN_RE: Final = re.compile(r"\[(?P<v6>[^\]]+)\]:(?P<p6>\d+)|(?P<host>[^:\[\]]+):(?P<port>\d+)")
 _ADDRESS_EXAMPLES: Final = "expected e.g. 127.0.0.1, ::1 or host.example"
-
-
-def _not_bool(value: object) -> object:
-    # YAML reads yes/no/on/off as booleans, which pydantic would quietly take for 1 and 0.
-    if isinstance(value, bool):
-        raise PydanticCustomError(
-            "bool_not_number", "expected a number, got {value}", {"value": value}
-        )
-    return value
-
-
-def _positive(unit: str) -> Callable[[float], float]:
-    def check(value: float) -> float:
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"expected a number of {unit} greater than 0, got {value:g}")
-        return value
-
-    return check
-
-
-def _between(low: int, high: int) -> Callable[[int], int]:
-    def check(value: int) -> int:
-        if not low <= value <= high:
-            raise ValueError(f"expected a whole number from {low} to {high}, got {value}")
-        return value
-
-    return check
 
 
 def _text(value: str) -> str:
@@ -245,8 +217,10 @@ def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
-Seconds = Annotated[float, BeforeValidator(_not_bool), AfterValidator(_positive("seconds"))]
-EchoCount = Annotated[int, BeforeValidator(_not_bool), AfterValidator(_between(1, 100))]
+Seconds = PositiveSeconds
+EchoCount = Annotated[
+    int, BeforeValidator(not_bool), AfterValidator(between(1, 100, "a whole number"))
+]
 Text = Annotated[str, AfterValidator(_text)]
 EndpointId = Annotated[str, AfterValidator(_check_id)]
 LabelName = Annotated[str, AfterValidator(_check_label_name)]
@@ -321,11 +295,11 @@ class IcmpSettings(_Frozen):
 
     socket: Literal["auto", "raw", "dgram"] = "auto"
     max_rate: Annotated[
-        float, BeforeValidator(_not_bool), AfterValidator(_positive("echoes per second"))
+        float, BeforeValidator(not_bool), AfterValidator(positive("echoes per second"))
     ] = 5000.0
-    payload_size: Annotated[int, BeforeValidator(_not_bool), AfterValidator(_between(16, 1472))] = (
-        56
-    )
+    payload_size: Annotated[
+        int, BeforeValidator(not_bool), AfterValidator(between(16, 1472, "a whole number"))
+    ] = 56
 
 
 class _EndpointFields(_Frozen):

@@ -19,38 +19,14 @@ from pydantic import (
 )
 
 from vcmon.config.alerts import Matchers
-from vcmon.config.fields import PositiveSeconds, not_bool, positive_seconds
+from vcmon.config.fields import PositiveSeconds, between, not_bool, positive
 
 MIN_ACK_SECRET = 16  # bytes: a shared secret shorter than this is guessable
-
-
-def _port(value: int) -> int:
-    if not 1 <= value <= 65535:
-        raise ValueError(f"expected a port from 1 to 65535, got {value}")
-    return value
 
 
 def _qos(value: int) -> int:
     if value not in (0, 1, 2):
         raise ValueError(f"expected a QoS of 0, 1 or 2, got {value}")
-    return value
-
-
-def _keepalive(value: int) -> int:
-    if not 5 <= value <= 65535:
-        raise ValueError(f"expected a keepalive from 5 to 65535 seconds, got {value}")
-    return value
-
-
-def _per_minute(value: float) -> float:
-    if not 0 < value <= 6000 or value != value:
-        raise ValueError(f"expected acks per minute from above 0 to 6000, got {value:g}")
-    return value
-
-
-def _burst(value: int) -> int:
-    if not 1 <= value <= 10000:
-        raise ValueError(f"expected a burst from 1 to 10000 acks, got {value}")
     return value
 
 
@@ -74,7 +50,7 @@ def _readable(value: str) -> str:
     return value
 
 
-Port = Annotated[int, BeforeValidator(not_bool), AfterValidator(_port)]
+Port = Annotated[int, BeforeValidator(not_bool), AfterValidator(between(1, 65535, "a port"))]
 File = Annotated[str, AfterValidator(_readable)]
 
 
@@ -135,16 +111,24 @@ class MqttConfig(BaseModel):
     password_env: str | None = None  # read from this environment variable when loaded
     password_file: str | None = None  # read from this file (one line) when loaded
     tls: TlsConfig | None = None
-    keepalive: Annotated[int, BeforeValidator(not_bool), AfterValidator(_keepalive)] = 30
+    keepalive: Annotated[
+        int, BeforeValidator(not_bool), AfterValidator(between(5, 65535, "a keepalive", " seconds"))
+    ] = 30
     qos: Annotated[int, BeforeValidator(not_bool), AfterValidator(_qos)] = 1
     protocol: Annotated[Literal["auto", "5", "3.1.1"], BeforeValidator(_protocol)] = "auto"
     message_expiry: (
-        Annotated[int, BeforeValidator(not_bool), AfterValidator(positive_seconds)] | None
+        Annotated[int, BeforeValidator(not_bool), AfterValidator(positive("seconds"))] | None
     ) = None  # s an event waits for an offline persistent subscriber (MQTT 5)
     timeout: PositiveSeconds = 10.0
     # Acks taken from the broker: a token bucket, so a flood cannot drive the alert store.
-    ack_per_minute: Annotated[float, BeforeValidator(not_bool), AfterValidator(_per_minute)] = 10.0
-    ack_burst: Annotated[int, BeforeValidator(not_bool), AfterValidator(_burst)] = 20
+    ack_per_minute: Annotated[
+        float,
+        BeforeValidator(not_bool),
+        AfterValidator(between(0, 6000, "acks per minute", above=True)),
+    ] = 10.0
+    ack_burst: Annotated[
+        int, BeforeValidator(not_bool), AfterValidator(between(1, 10000, "a burst", " acks"))
+    ] = 20
     # A shared secret acks must be signed with (for brokers without ACLs): only from the
     # environment or a file, so that it is never in the config itself.
     ack_secret_env: str | None = None
