@@ -7,7 +7,7 @@ import asyncio
 
 from rich.table import Table
 
-from vcmon.cli.output import EXIT_FAILURE, EXIT_OK, err, out
+from vcmon.cli.output import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, err, out
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,6 +22,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     probe.add_argument(
         "--mode", default="auto", choices=["auto", "raw", "dgram"], help="ICMP socket"
     )
+    probe.add_argument("--probe", default="icmp", help="which registered probe to run (icmp)")
     probe.set_defaults(func=cmd_probe)
 
 
@@ -30,13 +31,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from vcmon.measure.probe_once import probe_addresses
     from vcmon.measure.probes.base import RoundSettings
     from vcmon.measure.probes.icmp import IcmpUnavailable
+    from vcmon.measure.probes.registry import probe_names
 
+    if args.probe not in probe_names():
+        known = ", ".join(sorted(probe_names()))
+        err.print(f"vcmon: --probe: unknown probe {args.probe!r} (expected one of: {known})",
+                  markup=False)  # fmt: skip
+        return EXIT_USAGE
     try:
         rows = asyncio.run(
             probe_addresses(
                 args.address,
                 RoundSettings(count=args.count, spacing=args.interval, timeout=args.timeout),
                 args.mode,
+                args.probe,
             )
         )
     except IcmpUnavailable as exc:
