@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from typing import Final
-from urllib.parse import urlsplit
 
 from vcmon.config.problems import Loc
 from vcmon.config.source import Source
+from vcmon.logs import redact_url
 
-# ---------------------------------------------------------------------------------------------
-# Secrets: never in an error. A value is secret by its field's name (or any enclosing one);
-# a URL's user info and path may hold a token, so only its scheme and host are shown.
+# A value is secret by its field's name (or any enclosing one);
+# a URL's user info and path may hold a token, so it is shown as logs show it (redact_url).
 
 _SECRET_NAME: Final = re.compile(
     r"pass(word|wd|phrase)?|secret|token|api_?key|authori[sz]ation|credential|bearer|cookie"
@@ -47,23 +46,6 @@ def _is_url_path(loc: Loc) -> bool:
     return any(isinstance(seg, str) and _URL_NAME.search(seg) for seg in loc)
 
 
-def redact_url(text: str) -> str:
-    """``text`` as a URL with only its scheme, user name and host: 'https://u:***@host/…'."""
-    try:
-        parts = urlsplit(text.strip())
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return _NOT_SHOWN
-    if not parts.scheme or not host:
-        return _NOT_SHOWN
-    user = f"{parts.username}:***@" if parts.password is not None else ""
-    if parts.username is not None and parts.password is None:
-        user = "***@"
-    where = f"[{host}]" if ":" in host else host
-    rest = "/…" if parts.path.strip("/") or parts.query or parts.fragment else ""
-    return f"{parts.scheme}://{user}{where}{f':{port}' if port else ''}{rest}"
-
-
 def _leaves(data: object, loc: Loc) -> Iterator[tuple[Loc, object]]:
     if isinstance(data, dict):
         for key, value in data.items():
@@ -86,8 +68,14 @@ def secrets_of(source: Source) -> dict[str, str]:
             out.update(dict.fromkeys(texts, "***"))
         elif isinstance(value, str) and (_is_url_path(loc) or "@" in value):
             for text in texts:
-                if "${" not in text and redact_url(text) != text:
-                    out[text] = redact_url(text) if _is_url_path(loc) else "***"
+                shown = redact_url(text)
+                if "${" in text or shown == text:
+                    continue
+                if not _is_url_path(loc):
+                    shown = "***"
+                elif shown == "***":  # not a URL at all: say why it is hidden
+                    shown = _NOT_SHOWN
+                out[text] = shown
     return out
 
 
