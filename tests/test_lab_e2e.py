@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vcmon import cli
 from vcmon_lab import netns
-from vcmon_lab.control import LabHome, LabState, pid_alive
+from vcmon_lab.control import LabHome, LabState
+from vcmon_lab.process import pid_alive
 from vcmon_lab.profiles import Profile
 
 from .conftest import ProvinceLabFactory

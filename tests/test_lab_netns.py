@@ -30,8 +30,8 @@ from vcmon_lab.netns import (
     LabNames,
     in_netns,
 )
+from vcmon_lab.process import wait_until
 from vcmon_lab.profiles import LAB_NET, Profile
-from vcmon_lab.responder import wait_until
 
 from .conftest import LabFactory
 

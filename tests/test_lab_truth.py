@@ -8,7 +8,9 @@ from pathlib import Path
 
 from vcmon_lab.netns import Lab, LabNames
 from vcmon_lab.profiles import Profile
-from vcmon_lab.responder import TruthLog, rotated
+from vcmon_lab.responder import TruthLog
+from vcmon_lab.services import ServicesTruth
+from vcmon_lab.truth import rotated
 
 
 def echo(seq: int) -> str:
@@ -50,6 +52,29 @@ def test_truth_log_can_keep_events_only(tmp_path: Path) -> None:
     assert truth.echoes == []
     path.write_text(ev(3))  # truncated and written again: read from the start
     assert [e["t_ns"] for e in truth.poll().events] == [1, 2, 3]
+
+
+def message(rx_ns: int) -> str:
+    return json.dumps(
+        {"service": "sip", "dst": "198.18.0.1", "src": "198.19.255.1", "sport": 5060,
+         "dport": 5060, "rx_ns": rx_ns, "tx_ns": None, "delay_ns": None, "planned_ns": None,
+         "dropped": True, "reason": "down"}
+    ) + "\n"  # fmt: skip
+
+
+def test_services_truth_reads_across_a_rotation(tmp_path: Path) -> None:
+    # One reader for both processes: the services' truth follows a rotation too.
+    path = tmp_path / "services.jsonl"
+    path.write_text(ev(1) + message(1))
+    truth = ServicesTruth(path).poll()
+    with path.open("a") as fh:
+        fh.write(message(2))
+    os.replace(path, rotated(path))
+    path.write_text(message(3) + ev(2))
+    truth.poll()
+    assert [r.rx_ns for r in truth.records] == [1, 2, 3]
+    assert [r.reason for r in truth.records] == ["down"] * 3
+    assert [e["t_ns"] for e in truth.events] == [1, 2]
 
 
 def test_responder_rotates_its_truth(tmp_path: Path, require_root: None) -> None:

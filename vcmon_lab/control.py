@@ -36,6 +36,7 @@ from vcmon.config import Config, load_config
 from vcmon.logs import event
 from vcmon_lab import data_file, netns
 from vcmon_lab.netns import Lab, LabError, LabNames
+from vcmon_lab.process import pid_alive
 from vcmon_lab.profiles import Profile, dump_profiles, load_profiles
 from vcmon_lab.province import (
     LAB_LISTEN,
@@ -138,15 +139,11 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def pid_alive(pid: int | None) -> bool:
-    """Whether ``pid`` is a running process (zombies count as gone)."""
-    if not pid:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
+def _events_only(lab: Lab) -> None:
+    """Keep only the events of the lab's truth files: controllers wait for those alone."""
+    for process in (lab.responder, lab.services):
+        if process is not None:
+            process.truth.keep_records = False
 
 
 def _cmdline(pid: int) -> str:
@@ -240,8 +237,8 @@ def lab_up(
         die_with_parent=owner_pid is not None,
     )
     lab.responder.truth_max_bytes = TRUTH_MAX_BYTES
-    # This process only waits for reload events; a demo running for days must not hoard echoes.
-    lab.responder.truth.keep_echoes = False
+    # This process only waits for events; a demo running for days must not hoard records.
+    _events_only(lab)
     try:
         lab.start(by_address(profiles, addresses))
     except BaseException:
@@ -465,7 +462,7 @@ def attach_state(home: LabHome, state: LabState, *, lab: Lab | None = None) -> A
     base = {eid: by_addr[addr] for eid, addr in addresses.items() if addr in by_addr}
     if lab is None:
         lab = Lab(home.names, home.dir, services=state.services_pid is not None)
-        lab.responder.truth.keep_echoes = False
+        _events_only(lab)
         lab.responder.attach(state.responder_pid)
         if lab.services is not None and state.services_pid is not None:
             lab.services.attach(state.services_pid)

@@ -34,8 +34,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from vcmon_lab.process import wait_until, wait_until_async
 from vcmon_lab.profiles import LAB_NET, Profile
-from vcmon_lab.responder import EchoTruth, ResponderProcess, wait_until, wait_until_async
+from vcmon_lab.responder import EchoTruth, ResponderProcess
 from vcmon_lab.services import ServicesProcess
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,6 @@ IPv4 only; ICMPv6 is not answered yet.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ctypes
 import hashlib
 import heapq
@@ -55,16 +54,17 @@ import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from vcmon.measure.probes.icmp_packet import checksum
+from vcmon_lab.process import LabProcessError, NamespaceProcess
 from vcmon_lab.profiles import DEFAULT_KEY, Channel, Profile, decide, dump_profiles, load_profiles
+from vcmon_lab.truth import TruthReader, rotated
 
 log = logging.getLogger(__name__)
 
@@ -457,206 +457,30 @@ class EchoTruth:
         return None if self.delay_ns is None else self.delay_ns / 1e9
 
 
-def rotated(path: Path) -> Path:
-    """Where a rotated truth file goes: ``truth.jsonl`` → ``truth.jsonl.1``."""
-    return path.with_name(path.name + ".1")
-
-
-class TruthLog:
-    """Incremental reader of a truth file: each :meth:`poll` parses the lines added since.
-
-    Follows the file across a rotation. With ``keep_echoes`` off only events are kept (and
-    echo lines are not even parsed), for controllers of a long-running lab that wait for
-    ``reload`` events and must not hold every echo in memory.
-    """
+class TruthLog(TruthReader[EchoTruth]):
+    """The responder's truth: :class:`EchoTruth` records (``echoes``) and events, read across
+    rotation. With ``keep_echoes`` off only events are kept."""
 
     def __init__(self, path: Path, *, keep_echoes: bool = True) -> None:
-        self.path = path
-        self.keep_echoes = keep_echoes
-        self.echoes: list[EchoTruth] = []
-        self.events: list[dict[str, Any]] = []
-        self._offset = 0
-        self._partial = b""
-        self._inode: int | None = None
+        super().__init__(path, EchoTruth, keep_records=keep_echoes)
 
-    def skip_to_end(self) -> TruthLog:
-        """Ignore what the file holds now; later polls read only lines appended after this."""
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            self._offset, self._inode = 0, None
-        else:
-            self._offset, self._inode = st.st_size, st.st_ino
-        self._partial = b""
-        return self
-
-    def poll(self) -> TruthLog:
-        """Read whatever complete lines were appended since the last poll."""
-        try:
-            fh = self.path.open("rb")
-        except FileNotFoundError:
-            return self
-        with fh:
-            # The inode of what was opened, not of the path a moment later: no rotation race.
-            st = os.fstat(fh.fileno())
-            if self._inode is not None and st.st_ino != self._inode:
-                self._finish_rotated()
-            elif st.st_size < self._offset:  # truncated: start over
-                self._offset, self._partial = 0, b""
-            self._inode = st.st_ino
-            fh.seek(self._offset)
-            self._consume(fh.read())
-        return self
-
-    def _finish_rotated(self) -> None:
-        """The file was rotated since the last poll: read the rest of it, then start afresh."""
-        try:
-            with rotated(self.path).open("rb") as old:
-                if os.fstat(old.fileno()).st_ino == self._inode:
-                    old.seek(self._offset)
-                    self._consume(old.read())
-                else:
-                    log.warning("truth %s rotated twice between polls; lines lost", self.path)
-        except FileNotFoundError:
-            pass
-        self._offset = 0
-        self._partial = b""
-
-    def _consume(self, chunk: bytes) -> None:
-        self._offset += len(chunk)
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            if not line.strip():
-                continue
-            if not self.keep_echoes and not line.startswith(b'{"event"'):
-                continue
-            obj = json.loads(line)
-            if "event" in obj:
-                self.events.append(obj)
-            elif self.keep_echoes:
-                self.echoes.append(EchoTruth(**obj))
-
-    def find_event(self, kind: str, **match: Any) -> dict[str, Any] | None:
-        """The latest event of ``kind`` whose fields include ``match``."""
-        for ev in reversed(self.events):
-            if ev.get("event") == kind and all(ev.get(k) == v for k, v in match.items()):
-                return dict(ev)
-        return None
+    @property
+    def echoes(self) -> list[EchoTruth]:
+        return self.records
 
 
 # --- controlling a responder process ----------------------------------------------------------
 
 
-class ResponderError(RuntimeError):
+class ResponderError(LabProcessError):
     """The responder did not start, reload or stop as asked."""
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout: float, what: str, *, interval: float = 0.002
-) -> None:
-    """Poll ``condition`` until true; raise ResponderError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise ResponderError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-
-
-async def wait_until_async(
-    condition: Callable[[], bool], within: float, what: str, *, interval: float = 0.002
-) -> None:
-    """Like :func:`wait_until`, without blocking the event loop."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise ResponderError(f"timed out after {within:g} s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
-class NamespaceProcess:
-    """A lab process inside a network namespace, started here or attached to by its pid
-    (when ``vcmon lab up`` started it): spawning, signals, its log, stopping."""
-
-    name = "process"  # in messages
-    error: type[ResponderError] = ResponderError
-
-    def __init__(self, netns: str, log_path: Path) -> None:
-        self.netns = netns
-        self.log_path = log_path
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._attached: int | None = None  # pid of one another process started
-
-    @property
-    def pid(self) -> int | None:
-        return self._attached if self._proc is None else self._proc.pid
-
-    def _attach(self, pid: int) -> None:
-        if self._proc is not None:
-            raise self.error(f"{self.name} already started by this controller")
-        self._attached = pid
-
-    def _spawn(self, command: list[str]) -> None:
-        # The child must import this very package (and vcmon beside it), wherever the test
-        # run found them.
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        with self.log_path.open("ab") as log_fh:
-            # `ip netns exec` execs in place, so the Popen pid is the child's own. Always its
-            # own session: the terminal's Ctrl-C goes to the demo, which then restores and
-            # stops the lab in order; PDEATHSIG still ends a tied child.
-            self._proc = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=log_fh, env=env,
-                start_new_session=True,
-            )  # fmt: skip
-
-    def _terminate(self, timeout: float) -> int | None:
-        """SIGTERM and wait (SIGKILL after ``timeout``); the exit code, None if not ours."""
-        proc, self._proc = self._proc, None
-        attached, self._attached = self._attached, None
-        if proc is None:
-            if attached is not None and _alive(attached):
-                os.kill(attached, signal.SIGTERM)
-                wait_until(lambda: not _alive(attached), timeout, f"the {self.name} to stop")
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s %d ignored SIGTERM, killing it", self.name, proc.pid)
-                proc.kill()
-                proc.wait()
-        return proc.returncode
-
-    def _require(self) -> None:
-        if self._proc is not None:
-            if self._proc.poll() is not None:
-                raise self.error(
-                    f"{self.name} exited with {self._proc.returncode}: {self._log_tail()}"
-                )
-        elif self._attached is None or not _alive(self._attached):
-            raise self.error(f"{self.name} is not running: {self._log_tail()}")
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self._proc is not None:
-            self._proc.send_signal(sig)
-        elif self._attached is not None:
-            os.kill(self._attached, sig)
-
-    def _log_tail(self, limit: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-limit:].strip()
-        except FileNotFoundError:
-            return ""
 
 
 class ResponderProcess(NamespaceProcess):
     """Start, reconfigure and stop a responder inside a (province) network namespace."""
 
     name = "responder"
+    error = ResponderError
 
     def __init__(
         self,
@@ -672,7 +496,8 @@ class ResponderProcess(NamespaceProcess):
         die_with_parent: bool = False,
         truth_max_bytes: int = 0,
     ) -> None:
-        super().__init__(netns, log_path or truth_path.with_suffix(".log"))
+        self.truth: TruthLog = TruthLog(truth_path)
+        super().__init__(netns, log_path or truth_path.with_suffix(".log"), self.truth)
         self.die_with_parent = die_with_parent
         self.truth_max_bytes = truth_max_bytes
         self.cpus = sorted(cpus) if cpus else None
@@ -681,12 +506,6 @@ class ResponderProcess(NamespaceProcess):
         self.profiles_path = profiles_path
         self.truth_path = truth_path
         self.seed = seed
-        self.truth = TruthLog(truth_path)
-
-    def attach(self, pid: int) -> None:
-        """Control a responder started by another process (``vcmon lab up``), by its pid."""
-        self._attach(pid)
-        self.truth.skip_to_end()  # its history is not ours to wait through
 
     def write_profiles(self, profiles: Mapping[str, Profile]) -> str:
         """Atomically replace the profiles file; return its digest."""
@@ -721,17 +540,7 @@ class ResponderProcess(NamespaceProcess):
         digest = self.write_profiles(profiles)
         before = len(self.truth.poll().events)
         self._spawn(self.command())
-
-        def ready() -> bool:
-            if self._proc is not None and self._proc.poll() is not None:
-                raise ResponderError(f"responder exited with {self._proc.returncode}: "
-                                     f"{self._log_tail()}")  # fmt: skip
-            return any(
-                ev.get("event") == "ready" and ev.get("sha256") == digest
-                for ev in self.truth.poll().events[before:]
-            )
-
-        wait_until(ready, timeout, "the responder to become ready")
+        self._wait_event(before, "ready", digest, timeout)
 
     def set_profiles(self, profiles: Mapping[str, Profile], *, timeout: float = 5.0) -> None:
         """Replace the live profiles (SIGHUP) and wait until the responder uses them."""
@@ -739,47 +548,14 @@ class ResponderProcess(NamespaceProcess):
         digest = self.write_profiles(profiles)
         before = len(self.truth.poll().events)
         self._signal(signal.SIGHUP)
-
-        def reloaded() -> bool:
-            for ev in self.truth.poll().events[before:]:
-                if ev.get("event") == "reload":
-                    if not ev.get("ok"):
-                        raise ResponderError(f"responder rejected profiles: {ev.get('error')}")
-                    if ev.get("sha256") == digest:
-                        return True
-            return False
-
-        wait_until(reloaded, timeout, "the responder to reload its profiles")
+        self._wait_event(before, "reload", digest, timeout)
 
     def stats(self, *, timeout: float = 5.0) -> dict[str, Any]:
         """Ask for a ``stats`` event (SIGUSR1) and return it."""
         self._require()
         before = len(self.truth.poll().events)
         self._signal(signal.SIGUSR1)
-        found: list[dict[str, Any]] = []
-
-        def got() -> bool:
-            found.extend(e for e in self.truth.poll().events[before:] if e["event"] == "stats")
-            return bool(found)
-
-        wait_until(got, timeout, "responder stats")
-        return found[0]
-
-    def stop(self, *, timeout: float = 5.0) -> int | None:
-        """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code, None if not run."""
-        code = self._terminate(timeout)
-        self.truth.poll()
-        return code
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            # The state letter follows the command name, which is in parentheses.
-            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
+        return self._wait_event(before, "stats", None, timeout)
 
 
 # --- command line -----------------------------------------------------------------------------

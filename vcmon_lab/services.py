@@ -67,14 +67,10 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from vcmon_lab.process import LabProcessError, NamespaceProcess, wait_until
 from vcmon_lab.profiles import DEFAULT_KEY, LAB_NET, Channel, Profile, decide, load_profiles
-from vcmon_lab.responder import (
-    SO_TIMESTAMPNS,
-    NamespaceProcess,
-    ResponderError,
-    profiles_digest,
-    wait_until,
-)
+from vcmon_lab.responder import SO_TIMESTAMPNS, profiles_digest
+from vcmon_lab.truth import TruthReader
 
 log = logging.getLogger(__name__)
 
@@ -808,49 +804,17 @@ class ServiceRecord:
         return None if self.delay_ns is None else self.delay_ns / 1e9
 
 
-class ServicesTruth:
-    """Incremental reader of a services truth file: each :meth:`poll` adds the new lines."""
+class ServicesTruth(TruthReader[ServiceRecord]):
+    """The services' truth: :class:`ServiceRecord` records and events, read across rotation."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.records: list[ServiceRecord] = []
-        self.events: list[dict[str, Any]] = []
-        self._offset = 0
-        self._partial = b""
-
-    def skip_to_end(self) -> ServicesTruth:
-        """Ignore what the file holds now; later polls read only lines appended after this."""
-        try:
-            self._offset = self.path.stat().st_size
-        except FileNotFoundError:
-            self._offset = 0
-        self._partial = b""
-        return self
-
-    def poll(self) -> ServicesTruth:
-        """Read whatever complete lines were appended since the last poll."""
-        try:
-            with self.path.open("rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return self
-        self._offset += len(chunk)
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
-        for line in filter(None, (raw.strip() for raw in lines)):
-            obj = json.loads(line)
-            if "event" in obj:
-                self.events.append(obj)
-            else:
-                self.records.append(ServiceRecord(**obj))
-        return self
+        super().__init__(path, ServiceRecord)
 
 
 # --- controlling a services process -----------------------------------------------------------
 
 
-class ServicesError(ResponderError):
+class ServicesError(LabProcessError):
     """The services process did not start, reload or stop as asked."""
 
 
@@ -870,18 +834,13 @@ class ServicesProcess(NamespaceProcess):
         realtime: int = 0,
         die_with_parent: bool = False,
     ) -> None:
-        super().__init__(netns, truth_path.with_suffix(".log"))
+        self.truth: ServicesTruth = ServicesTruth(truth_path)
+        super().__init__(netns, truth_path.with_suffix(".log"), self.truth)
         self.realtime = realtime
         self.profiles_path = profiles_path
         self.truth_path = truth_path
         self.seed = seed
         self.die_with_parent = die_with_parent
-        self.truth = ServicesTruth(truth_path)
-
-    def attach(self, pid: int) -> None:
-        """Control a services process started by another process (``vcmon lab up``), by pid."""
-        self._attach(pid)
-        self.truth.skip_to_end()  # its history is not ours to wait through
 
     def command(self) -> list[str]:
         """The command line that runs the services in the namespace."""
@@ -919,12 +878,6 @@ class ServicesProcess(NamespaceProcess):
         self._signal(signal.SIGUSR1)
         return self._wait_event(before, "stats", None, timeout)
 
-    def stop(self, *, timeout: float = 5.0) -> int | None:
-        """SIGTERM and wait (SIGKILL after ``timeout``); the exit code, None if not ours."""
-        code = self._terminate(timeout)
-        self.truth.poll()
-        return code
-
     def records(self) -> list[ServiceRecord]:
         """Every record written so far."""
         return list(self.truth.poll().records)
@@ -941,31 +894,6 @@ class ServicesProcess(NamespaceProcess):
 
         wait_until(ready, timeout, "services ground truth")
         return found
-
-    def _wait_event(
-        self, before: int, kind: str, digest: str | None, timeout: float
-    ) -> dict[str, Any]:
-        found: list[dict[str, Any]] = []
-
-        def seen() -> bool:
-            self._require()
-            for ev in self.truth.poll().events[before:]:
-                if ev.get("event") != kind:
-                    continue
-                if ev.get("ok") is False:
-                    raise ServicesError(f"services rejected the profiles: {ev.get('error')}")
-                if digest is None or ev.get("sha256") == digest:
-                    found.append(ev)
-                    return True
-            return False
-
-        try:
-            wait_until(seen, timeout, f"the services' {kind} event")
-        except ServicesError:
-            raise
-        except ResponderError as exc:
-            raise ServicesError(str(exc)) from None
-        return found[0]
 
 
 # --- command line -----------------------------------------------------------------------------

@@ -110,10 +110,9 @@ def _no_lab() -> bool:
 def _lab_errors() -> tuple[type[Exception], ...]:
     """Failures of the lab an admin can act on: printed in one line, exit 1."""
     from vcmon_lab.netns import LabError
-    from vcmon_lab.responder import ResponderError
-    from vcmon_lab.services import ServicesError
+    from vcmon_lab.process import LabProcessError  # the responder's and the services'
 
-    return (LabError, ResponderError, ServicesError, OSError)
+    return (LabError, LabProcessError, OSError)
 
 
 def _lab_inputs(args: argparse.Namespace) -> tuple[Path, int, str]:
