@@ -630,7 +630,8 @@ def _described(description: str, schema: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def event_schema() -> dict[str, Any]:
-    """JSON Schema of AlertEvent.to_json (DESIGN.md §4), from the model's enums and fields."""
+    """JSON Schema of AlertEvent.to_json (docs/architecture.md), from the model's enums and
+    fields."""
     doc = sample_event().to_json()
     unknown = set(doc) - set(EVENT_FIELDS)
     assert not unknown, (
@@ -670,7 +671,7 @@ def event_schema() -> dict[str, Any]:
         "$id": "urn:vcmon:schema:alert-event",
         "title": "vcmon alert event",
         "description": "One alert event, the same on MQTT (vcmon/events/<kind>/<endpoint>) and "
-        "in webhook bodies (DESIGN.md §4). Receivers dedupe by `id`. Fields may be added; "
+        "in webhook bodies (docs/architecture.md). Receivers dedupe by `id`. Fields may be added; "
         "ignore those you do not know. Generated from vcmon.alerts.model by "
         "tests/test_exporters.py.",
         "type": "object",
@@ -688,7 +689,7 @@ def webhook_schema() -> dict[str, Any]:
         "title": "vcmon native webhook body",
         "description": "Body of a webhook sink with `body: vcmon`, sent with the Standard "
         "Webhooks headers webhook-id (= data.id), webhook-timestamp and webhook-signature "
-        "(DESIGN.md §4). Generated from vcmon.alerts.model by tests/test_exporters.py.",
+        "(docs/architecture.md). Generated from vcmon.alerts.model by tests/test_exporters.py.",
         "type": "object",
         "required": ["type", "timestamp", "data"],
         "properties": {

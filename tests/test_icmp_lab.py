@@ -3,9 +3,9 @@
 The responder records, for every echo request, the delay it really applied: from the kernel's
 receive timestamp of the request to the moment just before its reply's ``sendto``. What the
 engine measures on top of that is the path through the veth pair and both kernels' stacks, a
-few microseconds each way. The assertions are the product targets (DESIGN.md §2, issue 2):
-per-echo |measured − truth| median ≤ 0.05 ms and p95 ≤ 0.15 ms, idle and with a busy event
-loop; jitter within 0.1 ms; loss exactly as the responder dropped.
+few microseconds each way. The assertions are the product targets (issue 2; docs/architecture.md,
+"Measuring honestly"): per-echo |measured − truth| median ≤ 0.05 ms and p95 ≤ 0.15 ms, idle
+and with a busy event loop; jitter within 0.1 ms; loss exactly as the responder dropped.
 """
 
 from __future__ import annotations

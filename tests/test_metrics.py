@@ -1,5 +1,5 @@
-"""The /metrics page against the contract of DESIGN.md §3, via a real text exposition; the kept
-per-endpoint text against prometheus_client's render of the same families."""
+"""The /metrics page against the contract in docs/architecture.md, via a real text exposition;
+the kept per-endpoint text against prometheus_client's render of the same families."""
 
 from __future__ import annotations
 

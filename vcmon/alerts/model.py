@@ -1,7 +1,7 @@
 """What the alert engine decides and records: alerts, their events, silences.
 
 Plain frozen values, so decisions can be compared in tests, stored as JSON and replayed.
-The event's JSON form is the contract of DESIGN.md §4.
+The event's JSON form is the contract in docs/architecture.md, Alert events.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from vcmon.config.patterns import full_match
 
 
 class Kind(enum.StrEnum):
-    """Alert kinds (DESIGN.md §4)."""
+    """Alert kinds (docs/architecture.md, Alert events)."""
 
     ENDPOINT_DOWN = "endpoint_down"
     GROUP_DOWN = "group_down"  # a parent is down; ``affected`` are its unreachable children
@@ -119,7 +119,7 @@ class AlertEvent:
     description: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        """The contract's JSON object (DESIGN.md §4)."""
+        """The contract's JSON object (docs/architecture.md, Alert events)."""
         return {
             "id": self.id,
             "alert_id": self.alert_id,

@@ -1,4 +1,4 @@
-"""Metric families of the contract (DESIGN.md §3).
+"""Metric families of the contract (docs/architecture.md, Metrics).
 
 The per-endpoint families are described here and rendered by vcmon.http.exposition as rounds land;
 the daemon-wide ones live in a prometheus_client registry, rendered at scrape time.

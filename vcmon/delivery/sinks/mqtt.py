@@ -1,4 +1,5 @@
-"""The MQTT sink: events, the active set, status and the monitor's birth and will (DESIGN.md §4).
+"""The MQTT sink: events, the active set, status and the monitor's birth and will (topics:
+docs/architecture.md, "MQTT topics").
 
 One connection per sink. ``start`` opens it and announces the monitor online; a lost
 connection is noticed at once (the reader task ends), the next ``send``, ``start`` or

@@ -1,5 +1,6 @@
-"""Request bodies of the webhook sink: one event (the DESIGN.md §4 object) in the form a
-receiver expects. Pure functions of the event and the time, so a body can be rebuilt in tests.
+"""Request bodies of the webhook sink: one event (docs/architecture.md, "Alert
+events") in the form a receiver expects. Pure functions of the event and the time, so a body
+can be rebuilt in tests.
 
 - ``vcmon``: the native envelope ``{"type": "vcmon.alert.firing", "timestamp", "data"}``;
 - ``alertmanager``: Alertmanager's webhook body (version 4), for receivers written for it;

@@ -1,6 +1,6 @@
 """The ICMP echo engine: one shared socket per address family, kernel receive timestamps.
 
-Why it is built this way (DESIGN.md §2, "Measuring honestly"):
+Why it is built this way (docs/architecture.md, "Measuring honestly"):
 
 - One socket per family for every endpoint. A raw socket per target is O(n²): every raw
   socket receives every echo reply on the host.
