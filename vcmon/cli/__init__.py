@@ -12,13 +12,7 @@ from __future__ import annotations
 import argparse
 
 from vcmon import __version__
-from vcmon.cli import output
-
-# cli/lab.py takes these from here until it imports them from vcmon.cli.output.
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = output.EXIT_OK, output.EXIT_FAILURE, output.EXIT_USAGE
-out, err = output.out, output.err
-
-from vcmon.cli import alerts, daemon, inventory, lab, outbox, probe, status  # noqa: E402
+from vcmon.cli import alerts, daemon, inventory, lab, outbox, output, probe, status
 
 DESCRIPTION = (
     "Command line: run the daemon, check a config, probe addresses, import inventories, run "

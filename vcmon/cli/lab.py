@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vcmon import logs
-from vcmon.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, err, out
+from vcmon.cli.output import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, err, out
 from vcmon.config import Config, ConfigError
 
 if TYPE_CHECKING:
