@@ -313,8 +313,8 @@ CORPUS: list[tuple[str, str]] = [
     ),
     (
         "sinks-webhook-secret-unset.yaml",
-        "{d}/sinks-webhook-secret-unset.yaml:3:5: sinks[1]: webhook noc: environment variable "
-        "VCMON_NEVER_SET_IN_TESTS is not set",
+        "{d}/sinks-webhook-secret-unset.yaml:3:5: sinks[1]: webhook noc: secret_env: environment "
+        "variable VCMON_NEVER_SET_IN_TESTS is not set",
     ),
 ]
 

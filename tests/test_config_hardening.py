@@ -22,7 +22,13 @@ from vcmon.config.files import MAX_FILE_BYTES, Unreadable, os_reason, read_file
 from vcmon.config.inventory_import import import_csv
 from vcmon.config.loading import load_config
 from vcmon.config.problems import ConfigError
-from vcmon.config.secrets import is_secret_path, scrub
+from vcmon.config.secrets import (
+    SecretText,
+    SecretUnavailable,
+    is_secret_path,
+    read_secret,
+    scrub,
+)
 
 BAD = Path(__file__).parent / "bad_configs"
 ROOT = "{id: tinh, name: Trung tâm tỉnh, address: 127.0.0.1, district: Tỉnh, level: province}"
@@ -399,3 +405,24 @@ def test_check_output_never_shows_a_planted_secret(tmp_path: Path) -> None:
         assert secret not in output, (name, output)
     assert "AAHfiHkq9" not in output
     assert "sinks[0].password: expected text, got a number (write it in quotes)" in output
+
+
+def test_read_secret_from_a_variable_or_a_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("s3cret-in-file\r\n", encoding="utf-8")
+    env = {"PW": "s3cret-in-env"}
+    assert read_secret("password", None, None, env) is None
+    assert read_secret("password", "PW", None, env) == SecretText(
+        "s3cret-in-env", "password_env PW"
+    )
+    assert read_secret("password", None, str(secret_file), env) == SecretText(
+        "s3cret-in-file", f"password_file {secret_file}"
+    )
+    cases = [
+        (("PW_UNSET", None), "password_env: environment variable PW_UNSET is not set"),
+        ((None, str(tmp_path / "nope")), f"password_file: cannot read {tmp_path / 'nope'}: No "),
+    ]
+    for (name, file), message in cases:
+        with pytest.raises(SecretUnavailable) as caught:
+            read_secret("password", name, file, env)
+        assert str(caught.value).startswith(message)

@@ -187,7 +187,7 @@ def test_config_defaults_and_validation(monkeypatch: pytest.MonkeyPatch, tmp_pat
             MqttConfig.model_validate(bad)
 
     monkeypatch.delenv("VCMON_TEST_MQTT_PW", raising=False)
-    with pytest.raises(ValidationError, match="VCMON_TEST_MQTT_PW is unset"):
+    with pytest.raises(ValidationError, match="variable VCMON_TEST_MQTT_PW is not set"):
         MqttConfig(username="u", password_env="VCMON_TEST_MQTT_PW")
     monkeypatch.setenv("VCMON_TEST_MQTT_PW", "from-env")
     from_env = MqttConfig(username="u", password_env="VCMON_TEST_MQTT_PW")
@@ -821,7 +821,7 @@ def test_the_signature_is_what_openssl_makes_from_the_documented_form() -> None:
 
 def test_ack_secret_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("VCMON_TEST_ACK_KEY", raising=False)
-    with pytest.raises(ValidationError, match="VCMON_TEST_ACK_KEY is unset"):
+    with pytest.raises(ValidationError, match="VCMON_TEST_ACK_KEY is not set"):
         MqttConfig(ack_secret_env="VCMON_TEST_ACK_KEY")
     monkeypatch.setenv("VCMON_TEST_ACK_KEY", "short-Pl4nted")
     with pytest.raises(ValidationError, match="holds 13 bytes, at least 16") as info:

@@ -311,7 +311,7 @@ def test_secret_env_is_read_when_the_sink_is_built(monkeypatch: pytest.MonkeyPat
 def test_secret_file_errors_name_the_file_not_the_secret(tmp_path: Path) -> None:
     path = tmp_path / "hook-secret"
     cfg = config("http://127.0.0.1/", secret_file=str(path))
-    with pytest.raises(WebhookSetupError, match=f"cannot read secret_file {path}: No such file"):
+    with pytest.raises(WebhookSetupError, match=f"secret_file: cannot read {path}: No such file"):
         WebhookSink(cfg)
     path.write_text("hunter2-not-a-secret\n", encoding="utf-8")
     with pytest.raises(WebhookSetupError, match=f"secret_file {path}: expected a secret") as bad:

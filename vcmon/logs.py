@@ -21,9 +21,9 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 
 def redact_url(url: str) -> str:
-    """``url`` safe for a log or an error (the only URL redaction: config errors use it too):
-    scheme://host[:port] and at most a leading word of
-    the first path segment; user info, the rest of the path, query and fragment become ***
+    """``url`` safe for a log or an error (config errors use it too): scheme://host[:port] and
+    at most a leading word of the first path segment; user info, the rest of the path, query
+    and fragment become ***
     (``https://api.telegram.org/bot123:AA…/sendMessage`` → ``https://api.telegram.org/bot***``)."""
     try:
         parts = urlsplit(url)

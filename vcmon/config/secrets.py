@@ -1,9 +1,13 @@
-"""Secrets: never in an error. Which values are secret, and scrubbing them from messages."""
+"""Secrets: never in an error. Which values are secret, scrubbing them from messages, and
+reading a secret a setting names (``*_env``, ``*_file``)."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from vcmon.config.problems import Loc
@@ -91,3 +95,36 @@ def scrub(message: str, secrets: Mapping[str, str]) -> str:
     for pattern, replacement in _SECRET_PATTERNS:
         message = pattern.sub(replacement, message)
     return message
+
+
+class SecretUnavailable(ValueError):
+    """A secret's variable is unset or its file unreadable; says which, never the secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class SecretText:
+    """A secret read from where a setting says, and that place for messages."""
+
+    text: str
+    where: str  # 'password_env NAME' or 'password_file /path'
+
+
+def read_secret(
+    stem: str, env_name: str | None, file: str | None, environ: Mapping[str, str] | None = None
+) -> SecretText | None:
+    """The secret that ``{stem}_env`` (a variable) or ``{stem}_file`` (a file, without its
+    trailing line break) names, read now; None when neither is set; SecretUnavailable."""
+    environ = os.environ if environ is None else environ
+    if env_name is not None:
+        text = environ.get(env_name)
+        if text is None:
+            raise SecretUnavailable(f"{stem}_env: environment variable {env_name} is not set")
+        return SecretText(text, f"{stem}_env {env_name}")
+    if file is not None:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise SecretUnavailable(f"{stem}_file: cannot read {file}: {reason}") from None
+        return SecretText(text.rstrip("\r\n"), f"{stem}_file {file}")
+    return None

@@ -3,7 +3,6 @@ not load the MQTT client library."""
 
 from __future__ import annotations
 
-import os
 import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +19,7 @@ from pydantic import (
 
 from vcmon.config.alerts import Matchers
 from vcmon.config.fields import PositiveSeconds, between, not_bool, positive
+from vcmon.config.secrets import read_secret
 
 MIN_ACK_SECRET = 16  # bytes: a shared secret shorter than this is guessable
 
@@ -150,45 +150,19 @@ class MqttConfig(BaseModel):
             raise ValueError("message_expiry needs MQTT 5 (protocol: 5 or auto)")
         if self.password is not None:
             self._secret = self.password.get_secret_value()
-        elif self.password_env is not None:
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise ValueError(f"password_env: environment variable {self.password_env} is unset")
-            self._secret = value
-        elif self.password_file is not None:
-            try:
-                text = Path(self.password_file).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = getattr(exc, "strerror", None) or str(exc)
-                raise ValueError(
-                    f"password_file: cannot read {self.password_file}: {reason}"
-                ) from None
-            self._secret = text.rstrip("\r\n")
+        else:
+            found = read_secret("password", self.password_env, self.password_file)
+            self._secret = None if found is None else found.text
         self._ack_secret = self._read_ack_secret()
         return self
 
     def _read_ack_secret(self) -> bytes | None:
         if self.ack_secret_env is not None and self.ack_secret_file is not None:
             raise ValueError("give one of ack_secret_env, ack_secret_file, not both")
-        value: str | None = None
-        if self.ack_secret_env is not None:
-            value = os.environ.get(self.ack_secret_env)
-            if value is None:
-                raise ValueError(
-                    f"ack_secret_env: environment variable {self.ack_secret_env} is unset"
-                )
-            where = f"ack_secret_env: {self.ack_secret_env}"
-        elif self.ack_secret_file is not None:
-            try:
-                value = Path(self.ack_secret_file).read_text(encoding="utf-8").rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = getattr(exc, "strerror", None) or str(exc)
-                raise ValueError(
-                    f"ack_secret_file: cannot read {self.ack_secret_file}: {reason}"
-                ) from None
-            where = f"ack_secret_file: {self.ack_secret_file}"
-        if value is None:
+        found = read_secret("ack_secret", self.ack_secret_env, self.ack_secret_file)
+        if found is None:
             return None
+        value, where = found.text, found.where
         if len(value.encode()) < MIN_ACK_SECRET:
             # The length only, never the value.
             raise ValueError(f"{where} holds {len(value.encode())} bytes, at least "

@@ -19,13 +19,11 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
-import os
 import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -34,6 +32,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from vcmon import __version__
 from vcmon.config.alerts import Matchers
 from vcmon.config.fields import PositiveSeconds
+from vcmon.config.secrets import SecretUnavailable, read_secret
 from vcmon.delivery.grouping import GroupPolicy, Notification, resolve_group
 from vcmon.delivery.sinks.base import Gone, GroupSink, Reject, Retry, SinkSetupError
 from vcmon.delivery.sinks.webhook_bodies import BodyKind, body_for, group_body_for
@@ -165,24 +164,15 @@ class WebhookConfig(BaseModel):
         """The HMAC keys, read now from wherever they are; WebhookSetupError if unusable."""
         if self.secrets:
             return tuple(secret_key(s) for s in self.secrets)
-        if self.secret_env is not None:
-            where = f"environment variable {self.secret_env}"
-            text = os.environ.get(self.secret_env)
-            if text is None:
-                raise WebhookSetupError(f"webhook {self.name}: {where} is not set")
-        elif self.secret_file is not None:
-            where = f"secret_file {self.secret_file}"
-            try:
-                text = Path(self.secret_file).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = getattr(exc, "strerror", None) or str(exc)
-                raise WebhookSetupError(
-                    f"webhook {self.name}: cannot read {where}: {reason}"
-                ) from None
-        else:
+        try:
+            found = read_secret("secret", self.secret_env, self.secret_file)
+        except SecretUnavailable as exc:
+            raise WebhookSetupError(f"webhook {self.name}: {exc}") from None
+        if found is None:
             return ()
+        where = found.where
         # Whitespace-separated, so a rotation needs no config change: put both in, then one.
-        secrets = text.split()
+        secrets = found.text.split()
         if not secrets:
             raise WebhookSetupError(f"webhook {self.name}: {where} is empty")
         try:
