@@ -100,8 +100,8 @@ async def run_case(n: int, cycles: int, sink: str) -> list[float]:
         config = load_config(path, env={})
         runtime = AlertRuntime.open(config)
         results = Results(config.endpoints)
-        delivery = Delivery(config, runtime.store, CollectorRegistry())
-        runtime.listeners.append(delivery.notify)
+        changes = runtime.changes.subscribe()
+        delivery = Delivery(config, runtime.store, CollectorRegistry(), changes=changes)
         dispatcher = delivery.dispatchers[0]
         latencies: list[float] = []
         decided_at: dict[int, float] = {}
@@ -116,6 +116,7 @@ async def run_case(n: int, cycles: int, sink: str) -> list[float]:
 
         dispatcher.on_latency = acked
         task = asyncio.create_task(dispatcher.run())
+        following = asyncio.create_task(delivery.follow(changes))
         await asyncio.sleep(0.1)  # let the dispatcher take its cursor (a warm-up, not a sync)
         t = time.time()
         records = list(results)
@@ -142,7 +143,8 @@ async def run_case(n: int, cycles: int, sink: str) -> list[float]:
                             ) from None
                         done.clear()
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        following.cancel()
+        await asyncio.gather(task, following, return_exceptions=True)
         runtime.close()
     server.close()
     await server.wait_closed()

@@ -105,12 +105,12 @@ class Daemon:
         self.alerts = AlertRuntime.open(cfg)
         self.registry.register(AlertCollector(self.alerts.firing_by_severity))
         self.registry.register(StoreCollector(self.alerts.store_state))
-        self.delivery = Delivery(cfg, self.alerts.store, self.registry)
-        self.alerts.listeners.append(self.delivery.notify)
-        self.alerts.urgent_listeners.append(self.delivery.urgent)
+        # Delivery follows what the runtime commits; acks come back through ack_from.
+        changes = self.alerts.changes.subscribe(statuses=True)
+        self.delivery = Delivery(
+            cfg, self.alerts.store, self.registry, changes=changes, acks=self.alerts
+        )
         self.alerts.sink_status = self.delivery.failing
-        self.alerts.status_listeners.append(self.delivery.status_changed)
-        self.delivery.on_ack = self.alerts.ack_from
         self.delivery.count_acks(self.self_metrics.acks)
         try:
             ctx = self.probe_context = self._probe_context(cfg)

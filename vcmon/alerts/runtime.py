@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from vcmon.alerts.engine import AlertEngine, measurements
+from vcmon.alerts.feed import Feed
 from vcmon.alerts.held import HeldQueue
 from vcmon.alerts.model import Alert, Changes, Kind, Silence, Snapshot, Status, rfc3339
 from vcmon.alerts.store import Store, StoreError, StoreUnavailable, UnwritableValue
@@ -103,12 +104,9 @@ class AlertRuntime:
             self._store_failed(StoreUnavailable(store._why), now)
         self.engine = self._new_engine(snapshot, now)
         self.events_written = 0
-        self.listeners: list[Callable[[], None]] = []  # told after events are written
-        # Told the JSON of an event that must go out though it cannot be written (the
-        # state_store_failing alert), straight to every sink that can take it.
-        self.urgent_listeners: list[Callable[[dict[str, Any]], None]] = []
-        # Told (endpoint id, status doc) when an endpoint's state changes (MQTT retains it).
-        self.status_listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        # What is committed, for delivery: events written, endpoint status documents, and
+        # the urgent event that cannot be written (state_store_failing).
+        self.changes = Feed()
         # Each sink's failing-since time (None while it delivers), for sink_failing alerts.
         self.sink_status: Callable[[], Mapping[str, float | None]] = dict
         self.retention = config.alerts.retention_days * DAY
@@ -187,8 +185,7 @@ class AlertRuntime:
     def _written(self, decisions: Sequence[Changes]) -> None:
         """Tell the sinks and log each event on one line, once it is on disk."""
         if any(c.events for c in decisions):
-            for listener in self.listeners:
-                listener()
+            self.changes.written()
         for ev in (ev for c in decisions for ev in c.events):
             self.events_written += 1
             event(
@@ -206,13 +203,10 @@ class AlertRuntime:
 
     def _tell_status(self, changes: Changes) -> None:
         """Endpoint states go out as decided (MQTT's retained status needs no state file)."""
-        if self.status_listeners:
+        if self.changes.wants_statuses:
             for rec in changes.health:
-                if rec.endpoint_id not in self.engine.nodes:
-                    continue
-                doc = self.status_doc(rec.endpoint_id)
-                for status_listener in self.status_listeners:
-                    status_listener(rec.endpoint_id, doc)
+                if rec.endpoint_id in self.engine.nodes:
+                    self.changes.status(rec.endpoint_id, self.status_doc(rec.endpoint_id))
 
     def _send_urgent(self, changes: Changes) -> None:
         """The state_store_failing firing cannot wait for the event log: log it and hand it
@@ -223,8 +217,7 @@ class AlertRuntime:
             event(log, logging.ERROR, "alert_firing", alert_id=ev.alert_id, kind=ev.kind.value,
                   severity=ev.severity.value, endpoint=ev.target.id, seq=ev.seq,
                   summary=ev.summary, written=False)  # fmt: skip
-            for listener in self.urgent_listeners:
-                listener(ev.to_json())
+            self.changes.urgent(ev)
 
     def _store_failed(self, exc: StoreError, now: float) -> None:
         self._error = str(exc)
@@ -329,7 +322,7 @@ class AlertRuntime:
             "instance": self.engine.instance,
         }
 
-    def ack_from(self, alert_id: str, payload: Mapping[str, Any]) -> str:
+    def ack_from(self, alert_id: str, payload: Mapping[str, Any]) -> str:  # AckReceiver
         """An acknowledgement that arrived as a message (MQTT ``<prefix>/ack/<alert_id>``);
         what became of it: accepted, invalid, unknown_alert or not_stored (the state file
         cannot be written) (for vcmon_acks_total)."""

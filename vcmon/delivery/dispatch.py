@@ -13,12 +13,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
+from vcmon.alerts.feed import Subscription
 from vcmon.alerts.model import Target, matches
 from vcmon.alerts.store import Store, StoreError
 from vcmon.config import Config
 from vcmon.config.alerts import Matchers
 from vcmon.delivery.outbox import Backoff, Dispatcher, Route
 from vcmon.delivery.sinks.base import (
+    AckReceiver,
     AckSource,
     Maintained,
     Seedable,
@@ -50,7 +52,12 @@ def route(matchers: Matchers, labels_of: Callable[[str], Mapping[str, str]]) -> 
 class Delivery:
     """The dispatchers of one daemon and the metrics about them."""
 
-    def __init__(self, config: Config, store: Store, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, config: Config, store: Store, registry: CollectorRegistry, *,
+        changes: Subscription | None = None, acks: AckReceiver | None = None,
+    ) -> None:  # fmt: skip
+        """``changes``: the runtime's committed changes, followed by an upkeep task;
+        ``acks``: where acks taken by a sink (MQTT) go."""
         self.latency = Histogram(
             "vcmon_notification_latency_seconds",
             "From the decision to the receiver's acknowledgement",
@@ -77,13 +84,15 @@ class Delivery:
         # Endpoint status docs waiting to be published (the newest per endpoint), per sink.
         self._statuses: dict[str, dict[str, dict[str, Any]]] = {}
         self._status_wake: dict[str, asyncio.Event] = {}
-        self.on_ack: Callable[[str, Mapping[str, Any]], object] | None = None
+        self.acks = acks
         try:
             firing = store.firing_events()
         except StoreError:  # not open yet: sinks start without what was open before
             firing = []
         # Sinks with upkeep of their own (Alertmanager's re-posting), seeded from the log.
         self.upkeep: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        if changes is not None:
+            self.upkeep.append(functools.partial(self.follow, changes))
         for sink in sinks:
             if isinstance(sink, Seedable):
                 sink.seed(firing)
@@ -93,6 +102,16 @@ class Delivery:
                 self._statuses[sink.name] = {}
                 self._status_wake[sink.name] = asyncio.Event()
                 self.upkeep.append(functools.partial(self._publish_statuses, sink))
+
+    async def follow(self, changes: Subscription) -> None:
+        """Hand committed changes to the dispatchers and status publishers, until cancelled."""
+        async for update in changes:
+            for ev in update.urgent:
+                self.urgent(ev.to_json())
+            for endpoint_id, doc in update.statuses.items():
+                self.status_changed(endpoint_id, doc)
+            if update.written:
+                self.notify()
 
     def status_changed(self, endpoint_id: str, doc: dict[str, Any]) -> None:
         """An endpoint's state changed: sinks that keep a status (MQTT) publish it."""
@@ -104,8 +123,8 @@ class Delivery:
         """Publish status docs as they change, newest only; a broker away delays, loses none."""
         name = getattr(sink, "name", "")
         pending, wake = self._statuses[name], self._status_wake[name]
-        if self.on_ack is not None and isinstance(sink, AckSource):
-            await sink.subscribe_acks(self.on_ack)
+        if self.acks is not None and isinstance(sink, AckSource):
+            await sink.subscribe_acks(self.acks.ack_from)
         backoff = Backoff()
         attempt = 0
         while True:

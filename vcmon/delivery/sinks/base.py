@@ -127,6 +127,14 @@ class AckSource(Protocol):
         ...
 
 
+class AckReceiver(Protocol):
+    """Where acks taken by a sink go (the alert runtime): the one way back from delivery."""
+
+    def ack_from(self, alert_id: str, payload: Mapping[str, Any]) -> str:
+        """Apply one ack; what became of it (accepted, invalid, unknown_alert, not_stored)."""
+        ...
+
+
 CAPABILITIES: Final[tuple[type, ...]] = (Sink, GroupSink, Seedable, Maintained, StatusPublisher,
                                          AckSource)  # fmt: skip
 
