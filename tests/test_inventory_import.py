@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vcmon.config.inventory_import import RowError, import_csv
 from vcmon.config.loading import load_config
 from vcmon.config.schema import Endpoint
+from vcmon.config.writing import endpoint_document
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "rooms-example.csv"
 
@@ -267,3 +269,25 @@ def test_missing_file(tmp_path: Path) -> None:
 )
 def test_row_error_text(error: RowError, text: str) -> None:
     assert str(error) == text
+
+
+def test_an_endpoint_written_back_loads_as_the_same_endpoint(tmp_path: Path) -> None:
+    path = tmp_path / "vcmon.yaml"
+    path.write_text(
+        "endpoints:\n"
+        "  - {id: tinh, name: 'Tỉnh $${HOME}', address: 127.0.0.1, district: T, level: province}\n"
+        "  - {id: a, name: A, address: '::1', district: D, level: commune, parent: tinh, site: S,\n"
+        "     labels: {isp: 'VNPT ${X:-}x'}, alerts: {health: {down_after: 4}}, count: 3}\n",
+        encoding="utf-8",
+    )
+    config = load_config(path, env={})
+    docs = [
+        endpoint_document(ep, {"count": 3} if ep.id == "a" else None) for ep in config.endpoints
+    ]
+    assert docs[0] == {
+        "id": "tinh", "name": "Tỉnh $${HOME}", "address": "127.0.0.1", "district": "T",
+        "level": "province",
+    }  # fmt: skip
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump({"endpoints": docs}, allow_unicode=True), encoding="utf-8")
+    assert load_config(again, env={"HOME": "/root"}).endpoints == config.endpoints

@@ -29,6 +29,8 @@ from typing import Any, Final
 import yaml
 
 from vcmon.config import Config, Endpoint, Level
+from vcmon.config.schema import TIMING_KEYS
+from vcmon.config.writing import endpoint_document
 from vcmon.text import slugify
 from vcmon_lab.profiles import Profile
 
@@ -258,27 +260,12 @@ def lab_config(
     defaults = config.defaults
     endpoints: list[dict[str, Any]] = []
     for ep in config.endpoints:
-        doc: dict[str, Any] = {
-            "id": ep.id,
-            "name": ep.name,
-            "address": addresses[ep.id],
-            "district": ep.district,
-            "level": ep.level.value,
+        timing = {
+            key: value
+            for key in TIMING_KEYS
+            if (value := getattr(ep.timing, key)) != getattr(defaults, key)
         }
-        if ep.parent:
-            doc["parent"] = ep.parent[0] if len(ep.parent) == 1 else list(ep.parent)
-        if ep.site is not None:
-            doc["site"] = ep.site
-        if ep.labels:
-            doc["labels"] = dict(ep.labels)
-        if ep.probe != "icmp":
-            doc["probe"] = ep.probe
-        if ep.alerts is not None:
-            doc["alerts"] = ep.alerts.model_dump(mode="json", by_alias=True, exclude_unset=True)
-        for key in ("interval", "count", "spacing", "timeout"):
-            value = getattr(ep.timing, key)
-            if value != getattr(defaults, key):
-                doc[key] = value
+        doc = endpoint_document(ep, timing) | {"address": addresses[ep.id]}
         endpoints.append(doc)
     data = {
         "instance": instance,

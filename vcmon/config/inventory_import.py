@@ -24,6 +24,7 @@ from vcmon.config.explain import field_messages
 from vcmon.config.files import Unreadable, decode_text, read_file
 from vcmon.config.schema import RESERVED_LABELS, TIMING_KEYS, EndpointSpec, label_name
 from vcmon.config.topology import tree_issues
+from vcmon.config.writing import endpoint_document
 
 REQUIRED: Final = ("id", "name", "address", "district", "level")
 OPTIONAL: Final = ("parent", "site", "probe", *TIMING_KEYS)
@@ -160,42 +161,10 @@ def _column_of(path: str, columns: list[_Column | None]) -> str:
     return next((c.header for c in columns if c and not c.label and c.key == field), field)
 
 
-def _escape_env(value: Any) -> Any:
-    # load_config expands ${...}; a cell that really contains '${' must survive the round trip.
-    if isinstance(value, str):
-        return value.replace("${", "$${")
-    if isinstance(value, dict):
-        return {k: _escape_env(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_escape_env(v) for v in value]
-    return value
-
-
-def _as_yaml_item(spec: EndpointSpec) -> dict[str, Any]:
-    item: dict[str, Any] = {
-        "id": spec.id,
-        "name": spec.name,
-        "address": spec.address,
-        "district": spec.district,
-        "level": spec.level.value,
-    }
-    if spec.parent:
-        item["parent"] = spec.parent[0] if len(spec.parent) == 1 else list(spec.parent)
-    if spec.site is not None:
-        item["site"] = spec.site
-    if spec.labels:
-        item["labels"] = dict(spec.labels)
-    if spec.probe != "icmp":
-        item["probe"] = spec.probe
-    item.update(spec.timing_overrides())
-    escaped: dict[str, Any] = _escape_env(item)
-    return escaped
-
-
 def to_yaml(specs: list[EndpointSpec], source: str) -> str:
     """Inventory YAML (an ``endpoints:`` list) for ``specs``, Vietnamese text kept readable."""
     body = yaml.safe_dump(
-        {"endpoints": [_as_yaml_item(s) for s in specs]},
+        {"endpoints": [endpoint_document(s, s.timing_overrides()) for s in specs]},
         allow_unicode=True,
         sort_keys=False,
         width=100,
