@@ -9,13 +9,15 @@ Modules, each importing only those above it:
 - ``problems``: Problem, ConfigError, field paths and "did you mean".
 - ``files``: reading a named file safely (regular, bounded, UTF-8).
 - ``source``: YAML with positions, the bounded composer, ``${ENV}`` substitution.
-- ``secrets``: which values are secret, scrubbing them from messages, reading a secret.
+- ``secrets``: which values are secret, scrubbing them from messages, reading a secret
+  (``*_env``, ``*_file``).
 - ``explain``: pydantic's errors as plain sentences.
 - ``topology``: the endpoint tree (duplicate ids, unknown parents, cycles).
 - ``fields``: number checks shared by every section's model.
 - ``patterns``, ``alerts``: the ``alerts:`` section.
 - ``schema``: the field validators and the models (Timing, Endpoint, Config …).
 - ``loading``: load_config, includes, the checks across files.
+- ``writing``: an endpoint written back as YAML.
 - ``inventory_import``: a CSV export turned into an inventory file.
 
 The names below are loaded on first use, so that a sink importing ``config.fields`` does not
