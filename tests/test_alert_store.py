@@ -276,14 +276,14 @@ def test_prune_keeps_what_is_open_owed_or_newest(tmp_path: Path) -> None:
         assert store.prune(1000.0, ["mqtt", "hook"]) == {"events": 0, "alerts": 0, "silences": 0}
         assert store.prune(9000.0, ["mqtt", "hook"]) == {"events": 1, "alerts": 2, "silences": 1}
         # 1: a dead letter; 3: a2 is open; 4 and 5: owed to hook (5 is the newest, too).
-        assert [int(d["seq"]) for _, d in store.entries()] == [1, 3, 4, 5]
+        assert [e.seq for e in store.entries()] == [1, 3, 4, 5]
         assert [a.alert_id for a in store.alerts(include_ended=True)] == ["a2"]
         assert store.silences(0.0, include_expired=True) == []
 
         store.advance("hook", 5)
         store.take_dead_letters("mqtt")
         assert store.prune(9000.0, ["mqtt", "hook"])["events"] == 2  # 1 and 4; 5 is the newest
-        assert [int(d["seq"]) for _, d in store.entries()] == [3, 5]
+        assert [e.seq for e in store.entries()] == [3, 5]
         assert store.last_seq() == 5
 
 
@@ -625,7 +625,7 @@ def test_the_runtime_prunes_by_the_configured_retention_every_six_hours(tmp_path
         runtime.sink_status = lambda: {"console": None}
         store.advance("console", 2)
         runtime.prune(clock.now)
-        assert [int(d["seq"]) for _, d in store.entries()] == [2]
+        assert [e.seq for e in store.entries()] == [2]
         assert store.alerts(include_ended=True) == []
         store.apply(Changes(upserted=(alert("a3"),), closed=(("a3", clock.now - 40 * DAY),)))
         clock.advance(PRUNE_EVERY - 1)
@@ -636,3 +636,29 @@ def test_the_runtime_prunes_by_the_configured_retention_every_six_hours(tmp_path
         assert store.alerts(include_ended=True) == []
     finally:
         runtime.close()
+
+
+def test_events_come_back_typed_with_their_labels_and_old_rows_without_labels_load(
+    tmp_path: Path,
+) -> None:
+    from vcmon.alerts.store import event_to_json
+
+    labelled = replace(event(1, "a1"), target=replace(event(1, "a1").target, labels={"isp": "x"}))
+    with Store.open(tmp_path / "s.db") as store:
+        store.apply(Changes(upserted=(alert("a1"),), events=(labelled,)))
+        # A row written before labels were stored: the contract's object alone.
+        old = event(2, "a2")
+        store._db.execute(
+            "INSERT INTO events (seq, id, alert_id, status, kind, target_id, at, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (2, old.id, old.alert_id, old.status.value, old.kind.value, old.target.id, old.at,
+             json.dumps(old.to_json())),
+        )  # fmt: skip
+        got = store.entries()
+        unlabelled = replace(old, target=replace(old.target, labels={}))
+        assert got == [labelled, unlabelled]  # decoded exactly, `at` from the row
+        assert got[0].target.labels == {"isp": "x"}
+        assert got[1].target.labels == {}
+        assert event_to_json(labelled)["endpoint"]["labels"] == {"isp": "x"}
+        # The contract's form (what sinks send) is unchanged: no labels in it.
+        assert store.events() == [labelled.to_json(), old.to_json()]

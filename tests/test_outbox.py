@@ -179,7 +179,7 @@ async def test_routes_skip_what_a_sink_does_not_want(store: Store) -> None:
     store.advance("s", 0)
     write(store, 1, 2, 3, 4)
     sink = ScriptedSink("s")
-    d = Dispatcher(sink, store, backoff=FAST, route=lambda doc: int(doc["seq"]) % 2 == 0)
+    d = Dispatcher(sink, store, backoff=FAST, route=lambda ev: ev.seq % 2 == 0)
     await run_until(d, lambda: store.cursor("s") == 4)
     assert sink.delivered == ["e2", "e4"]
 

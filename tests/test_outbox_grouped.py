@@ -296,7 +296,7 @@ def test_a_sink_without_send_group_cannot_be_grouped(store: Store) -> None:
 async def test_routes_apply_before_grouping(store: Store) -> None:
     clock, sink = FakeClock(T0), GroupingSink("g")
     d = Dispatcher(sink, store, backoff=FAST, clock=clock.time, group=POLICY,
-                   route=lambda doc: doc["endpoint"]["district"] == "Vân Đồn")  # fmt: skip
+                   route=lambda ev: ev.target.district == "Vân Đồn")  # fmt: skip
     async with Running(d):
         write(store, event(1), event(2, VAN_DON))
         d.notify()

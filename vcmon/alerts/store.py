@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import errno
 import json
 import os
@@ -41,6 +42,7 @@ from vcmon.alerts.model import (
     Severity,
     Silence,
     Snapshot,
+    Status,
     Target,
 )
 from vcmon.config.alerts import Matchers
@@ -248,6 +250,42 @@ def health_from_json(d: dict[str, Any]) -> HealthRecord:
     )
 
 
+def event_to_json(e: AlertEvent) -> dict[str, Any]:
+    """An event as stored: the contract's object, its endpoint with the labels (routing
+    reads them from the event, not from a config that may have changed since)."""
+    doc = e.to_json()
+    doc["endpoint"] = target_to_json(e.target)
+    return doc
+
+
+def _time(text: str) -> float:
+    moment = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+def event_from_json(d: dict[str, Any], at: float) -> AlertEvent:
+    """The inverse of event_to_json, ``at`` from its row; rows written before the labels
+    were stored have none."""
+    ended = d.get("ended_at")
+    return AlertEvent(
+        id=d["id"],
+        seq=int(d["seq"]),
+        alert_id=d["alert_id"],
+        status=Status(d["status"]),
+        kind=Kind(d["kind"]),
+        severity=Severity(d["severity"]),
+        instance=d.get("instance", ""),
+        target=target_from_json(d["endpoint"]),
+        affected=tuple(d.get("affected") or ()),
+        measurements=Measurements(**d.get("measurements") or {}),
+        started_at=_time(d["started_at"]),
+        ended_at=_time(ended) if ended else None,
+        at=at,
+        summary=d.get("summary", ""),
+        description=d.get("description", ""),
+    )
+
+
 def _dumps(doc: Any) -> str:
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
@@ -259,7 +297,7 @@ def _alert_row(a: Alert) -> tuple[Any, ...]:
 
 def _event_row(e: AlertEvent) -> tuple[Any, ...]:
     return (e.seq, e.id, e.alert_id, e.status.value, e.kind.value, e.target.id, e.at,
-            _dumps(e.to_json()))  # fmt: skip
+            _dumps(event_to_json(e)))  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -609,17 +647,17 @@ class Store:
 
     def events(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """Events with seq > ``after_seq``, in seq order, in the contract's JSON form."""
-        return [doc for _, doc in self.entries(after_seq, limit)]
+        return [e.to_json() for e in self.entries(after_seq, limit)]
 
-    def entries(self, after_seq: int = 0, limit: int = 1000) -> list[tuple[float, dict[str, Any]]]:
-        """(when decided, event JSON) of events with seq > ``after_seq``, in seq order."""
+    def entries(self, after_seq: int = 0, limit: int = 1000) -> list[AlertEvent]:
+        """Events with seq > ``after_seq``, in seq order, decoded (``at``: when decided)."""
         _check_limit(limit)
         with self._failing("read"):
             rows = self._db.execute(
                 "SELECT at, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-        return [(float(at), self._decode(body, _json_object)) for at, body in rows]
+        return [self._event(body, at) for at, body in rows]
 
     def last_seq(self) -> int:
         """Seq of the newest event (0 when there is none)."""
@@ -627,26 +665,26 @@ class Store:
             row = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
         return int(row[0])
 
-    def firing_events(self) -> list[dict[str, Any]]:
+    def firing_events(self) -> list[AlertEvent]:
         """The newest firing event of every open alert that was announced, oldest first."""
         with self._failing("read"):
             rows = self._db.execute(
-                "SELECT e.body FROM events e JOIN alerts a ON a.alert_id = e.alert_id "
+                "SELECT e.at, e.body FROM events e JOIN alerts a ON a.alert_id = e.alert_id "
                 "WHERE a.ended_at IS NULL AND e.seq = (SELECT MAX(seq) FROM events "
                 "WHERE alert_id = e.alert_id AND status = 'firing') ORDER BY e.seq"
             ).fetchall()
-        return [self._decode(body, _json_object) for (body,) in rows]
+        return [self._event(body, at) for at, body in rows]
 
-    def open_events(self) -> list[dict[str, Any]]:
+    def open_events(self) -> list[AlertEvent]:
         """The newest event of every open alert that was announced (firing or acknowledged),
         oldest first."""
         with self._failing("read"):
             rows = self._db.execute(
-                "SELECT e.body FROM events e JOIN alerts a ON a.alert_id = e.alert_id "
+                "SELECT e.at, e.body FROM events e JOIN alerts a ON a.alert_id = e.alert_id "
                 "WHERE a.ended_at IS NULL AND e.seq = (SELECT MAX(seq) FROM events "
                 "WHERE alert_id = e.alert_id) ORDER BY e.seq"
             ).fetchall()
-        return [self._decode(body, _json_object) for (body,) in rows]
+        return [self._event(body, at) for at, body in rows]
 
     def alerts(self, *, include_ended: bool = False, limit: int = 1000) -> list[Alert]:
         """Open alerts, oldest first; with ``include_ended`` ended ones too, newest first."""
@@ -762,12 +800,12 @@ class Store:
         db = self._db
         with self._failing("write"), _transaction(db):
             rows = db.execute(
-                "SELECT e.body FROM dead_letters d JOIN events e ON e.seq = d.seq "
+                "SELECT e.at, e.body FROM dead_letters d JOIN events e ON e.seq = d.seq "
                 "WHERE d.sink = ? ORDER BY d.seq",
                 (sink,),
             ).fetchall()
             db.execute("DELETE FROM dead_letters WHERE sink = ?", (sink,))
-        return [self._decode(body, _json_object) for (body,) in rows]
+        return [self._event(body, at).to_json() for at, body in rows]
 
     # -- errors --------------------------------------------------------------------------------
 
@@ -783,6 +821,9 @@ class Store:
             if doing == "write":
                 self.write_failures += 1
             raise StoreError(f"cannot {doing} the state file {self.path}: {exc}") from exc
+
+    def _event(self, body: str, at: float) -> AlertEvent:
+        return self._decode(body, lambda d: event_from_json(_json_object(d), float(at)))
 
     def _decode(self, body: str, decode: Callable[[dict[str, Any]], _T]) -> _T:
         try:

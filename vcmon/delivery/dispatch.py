@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
 from vcmon.alerts.feed import Subscription
-from vcmon.alerts.model import Target, matches
+from vcmon.alerts.model import AlertEvent, matches
 from vcmon.alerts.store import Store, StoreError
 from vcmon.config import Config
 from vcmon.config.alerts import Matchers
@@ -32,19 +32,14 @@ from vcmon.delivery.sinks.registry import build_sinks, grouping_of
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-def route(matchers: Matchers, labels_of: Callable[[str], Mapping[str, str]]) -> Route:
-    """The events a sink with ``match: matchers`` wants (every event when it is empty)."""
+def route(matchers: Matchers) -> Route:
+    """The events a sink with ``match: matchers`` wants (every event when it is empty); the
+    labels are the event's own, as they were when it was decided."""
     if matchers.empty():
-        return lambda doc: True
+        return lambda ev: True
 
-    def wanted(doc: Mapping[str, Any]) -> bool:
-        ep = doc.get("endpoint") or {}
-        target = Target(
-            str(ep.get("id", "")), str(ep.get("name", "")), str(ep.get("address", "")),
-            str(ep.get("district", "")), str(ep.get("level", "")),
-            labels_of(str(ep.get("id", ""))),
-        )  # fmt: skip
-        return matches(matchers, target, str(doc.get("kind")), str(doc.get("severity")))
+    def wanted(ev: AlertEvent) -> bool:
+        return matches(matchers, ev.target, ev.kind.value, ev.severity.value)
 
     return wanted
 
@@ -65,7 +60,6 @@ class Delivery:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        labels = {ep.id: dict(ep.labels) for ep in config.endpoints}
         configs: Sequence[BaseModel] = config.sinks
         sinks = build_sinks(configs, config.instance)
         match_of = {getattr(c, "name", ""): getattr(c, "match", Matchers()) for c in configs}
@@ -74,7 +68,7 @@ class Delivery:
             Dispatcher(
                 sink,
                 store,
-                route=route(match_of.get(sink.name, Matchers()), lambda i: labels.get(i, {})),
+                route=route(match_of.get(sink.name, Matchers())),
                 on_latency=lambda name, seconds: self.latency.labels(name).observe(seconds),
                 group=group_of.get(sink.name),
             )
@@ -95,7 +89,7 @@ class Delivery:
             self.upkeep.append(functools.partial(self.follow, changes))
         for sink in sinks:
             if isinstance(sink, Seedable):
-                sink.seed(firing)
+                sink.seed([ev.to_json() for ev in firing])
             if isinstance(sink, Maintained):
                 self.upkeep.append(sink.maintain)
             if isinstance(sink, StatusPublisher):
@@ -107,7 +101,7 @@ class Delivery:
         """Hand committed changes to the dispatchers and status publishers, until cancelled."""
         async for update in changes:
             for ev in update.urgent:
-                self.urgent(ev.to_json())
+                self.urgent(ev)
             for endpoint_id, doc in update.statuses.items():
                 self.status_changed(endpoint_id, doc)
             if update.written:
@@ -157,7 +151,7 @@ class Delivery:
         for d in self.dispatchers:
             d.notify()
 
-    def urgent(self, doc: Mapping[str, Any]) -> None:
+    def urgent(self, doc: AlertEvent) -> None:
         """An event that cannot be written (state_store_failing): every sink whose route
         takes it sends it now."""
         for d in self.dispatchers:

@@ -22,10 +22,11 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
+from vcmon.alerts.model import AlertEvent
 from vcmon.alerts.store import Store, StoreError
 from vcmon.delivery.grouping import Grouper, GroupPolicy, Notification
 from vcmon.delivery.sinks.base import Gone, GroupSink, Reject, Retry, Sink, SinkError
@@ -68,10 +69,10 @@ class SinkStats:
     failing_since: float | None = None  # wall time of the first failure of the current run
 
 
-Route = Callable[[Mapping[str, Any]], bool]
+Route = Callable[[AlertEvent], bool]
 
 
-def _everything(event: Mapping[str, Any]) -> bool:
+def _everything(event: AlertEvent) -> bool:
     return True
 
 
@@ -114,7 +115,7 @@ class Dispatcher:
         self._fed = 0  # grouped: read from the log up to here
         self._seeded = False
         self._buried: list[tuple[Sequence[int], str, float]] = []  # dead letters to write
-        self._urgent: deque[Mapping[str, Any]] = deque()
+        self._urgent: deque[AlertEvent] = deque()
         self._sent_direct: set[str] = set()  # ids of urgent events sent, skipped in the log
         self.store_error: str | None = None
 
@@ -123,7 +124,7 @@ class Dispatcher:
         self._wake.set()
         self.idle.clear()
 
-    def urgent(self, doc: Mapping[str, Any]) -> None:
+    def urgent(self, doc: AlertEvent) -> None:
         """Send ``doc`` now, though it is not in the log (it cannot be written yet)."""
         if self.route(doc) and self.stats.disabled is None:
             self._urgent.append(doc)
@@ -199,11 +200,11 @@ class Dispatcher:
             outcome = await self._deliver(self._sender(doc), self.clock())
             self._urgent.popleft()
             if outcome is None and self.group is None:
-                self._sent_direct.add(str(doc.get("id")))
+                self._sent_direct.add(doc.id)
 
-    def _sent_already(self, doc: Mapping[str, Any]) -> bool:
+    def _sent_already(self, doc: AlertEvent) -> bool:
         """True for an urgent event sent before the log reached it (once)."""
-        ident = str(doc.get("id"))
+        ident = doc.id
         if ident in self._sent_direct:
             self._sent_direct.discard(ident)
             return True
@@ -231,14 +232,14 @@ class Dispatcher:
                             await self._wake.wait()
                     continue
                 last_save = time.monotonic()
-                for decided, doc in batch:
+                for doc in batch:
                     outcome = None
                     if self.route(doc) and not self._sent_already(doc):
-                        outcome = await self._deliver(self._sender(doc), decided)
+                        outcome = await self._deliver(self._sender(doc), doc.at)
                     if isinstance(outcome, Gone):
                         self._disable(outcome)
                         return
-                    self._position = int(doc["seq"])
+                    self._position = doc.seq
                     self._count_pending()
                     if isinstance(outcome, Reject):
                         self._buried.append(((self._position,), outcome.reason, self.clock()))
@@ -260,8 +261,8 @@ class Dispatcher:
             now = self.clock()
             for doc in self.store.open_events():
                 # Notified before the restart; an acknowledged one stays unrepeated.
-                if int(doc["seq"]) <= saved and self.route(doc):
-                    grouper.seed(doc, now)
+                if doc.seq <= saved and self.route(doc):
+                    grouper.seed(doc.to_json(), now)
             self._seeded = True
         while True:
             self._wake.clear()
@@ -273,12 +274,12 @@ class Dispatcher:
             batch = self.store.entries(self._fed, BATCH)
             self._store_ok()
             now = self.clock()
-            for decided, doc in batch:
+            for doc in batch:
                 if self.route(doc):
                     # The wait runs from the decision: one read after a restart or a long
                     # retry of another group is not held back again.
-                    grouper.add(doc, int(doc["seq"]), min(now, decided))
-                self._fed = self._position = int(doc["seq"])
+                    grouper.add(doc.to_json(), doc.seq, min(now, doc.at))
+                self._fed = self._position = doc.seq
             self._count_pending()
             for note in grouper.due(now):
                 outcome = await self._deliver(self._group_sender(note), note.due_at)
@@ -317,8 +318,10 @@ class Dispatcher:
             owed += overdue
         self.stats.pending = owed
 
-    def _sender(self, doc: Mapping[str, Any]) -> Callable[[], Awaitable[None]]:
-        return lambda: self.sink.send(doc)
+    def _sender(self, doc: AlertEvent) -> Callable[[], Awaitable[None]]:
+        # Sinks take the contract's JSON object: what goes on the wire stays as it was.
+        body = doc.to_json()
+        return lambda: self.sink.send(body)
 
     def _group_sender(self, note: Notification) -> Callable[[], Awaitable[None]]:
         sink = self.sink
