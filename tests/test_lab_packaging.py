@@ -80,6 +80,21 @@ def test_without_the_lab_run_netns_says_how_to_get_it(
     assert "pip install 'vcmon[lab]'" in capsys.readouterr().err
 
 
+def test_the_runtime_imports_without_the_lab() -> None:
+    # Every vcmon module, with vcmon_lab made unimportable: only lazy imports may name it.
+    script = (
+        "import importlib, pkgutil, sys\n"
+        "sys.modules['vcmon_lab'] = None\n"
+        "import vcmon\n"
+        "for m in pkgutil.walk_packages(vcmon.__path__, 'vcmon.'):\n"
+        "    if m.name != 'vcmon.__main__':\n"
+        "        importlib.import_module(m.name)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
 # What a non-editable install of the wheel finds, run from a directory with no config/ in it.
 PROBE = """
 import json, vcmon, vcmon_lab
