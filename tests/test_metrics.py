@@ -255,7 +255,8 @@ class _Reference(Collector):
                 add("vcmon_round_rtt_seconds", [*base, stat], math.nan if value is None else value)
             add("vcmon_jitter_seconds", base, math.nan if obs.jitter is None else obs.jitter)
             add("vcmon_loss_ratio", base, obs.loss_ratio)
-            add("vcmon_mos", base, obs.mos)
+            if obs.mos is not None:  # a probe whose round trip is not a media path has none
+                add("vcmon_mos", base, obs.mos)
             add("vcmon_last_round_timestamp_seconds", base, obs.started_at)
             for s in STATES:
                 add("vcmon_endpoint_state", [*base, s], 1.0 if rec.state == s else 0.0)

@@ -130,4 +130,5 @@ def test_failed_round_has_no_rtt_and_full_loss() -> None:
     assert obs.loss_ratio == 1.0
     assert obs.rtt_avg is None
     assert not obs.up
+    assert obs.mos is not None
     assert math.isclose(obs.mos, 1.0)

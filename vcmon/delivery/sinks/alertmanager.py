@@ -85,8 +85,7 @@ def alert_body(event: Mapping[str, Any], generator_url: str = "") -> dict[str, A
     """One event as an Alertmanager v2 postable alert."""
     body: dict[str, Any] = {
         "labels": am_labels(event, alert_id=True),
-        "annotations": am_annotations(event)
-        | {"affected": ",".join(event.get("affected") or ())},
+        "annotations": am_annotations(event) | {"affected": ",".join(event.get("affected") or ())},
         "startsAt": event["started_at"],
     }
     if event["status"] == "resolved" and event.get("ended_at"):
