@@ -589,6 +589,8 @@ async def test_prometheus_scrapes_with_basic_auth_and_tls(
 
             async def query(expr: str) -> list[dict[str, Any]]:
                 resp = await prom.get("/api/v1/query", params={"query": expr})
+                if resp.status_code == 503:  # Prometheus itself is still starting
+                    return []
                 result: list[dict[str, Any]] = resp.json()["data"]["result"]
                 return result
 
