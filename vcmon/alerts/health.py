@@ -9,29 +9,13 @@ the oldest to 1.25 for the newest), starts at ``start_pct`` and stops at ``stop_
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from vcmon.config.alerts import HealthPolicy
-from vcmon.measure.stats import Observation
+from vcmon.states import State
 
-
-class State(enum.StrEnum):
-    """Health states of the metric contract."""
-
-    UP = "up"
-    DEGRADED = "degraded"
-    DOWN = "down"
-    UNREACHABLE = "unreachable"
-    FLAPPING = "flapping"
-    MAINTENANCE = "maintenance"
-
-
-def next_state(previous: State | None, obs: Observation) -> State:
-    """Raw reachability of one round, for a record no alert engine looks after."""
-    del previous  # the raw state does not depend on history
-    return State.UP if obs.up else State.DOWN
+__all__ = ["Reach", "State", "flap_pct", "step"]  # State re-exported: the engine's vocabulary
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from vcmon.config.alerts import Matchers
 from vcmon.logs import event
 from vcmon.measure.results import EndpointRecord
 from vcmon.measure.stats import Observation
+from vcmon.states import State
 from vcmon.text import slugify
 
 log = logging.getLogger(__name__)
@@ -345,11 +346,19 @@ class AlertRuntime:
         return "accepted"
 
     def on_round(self, rec: EndpointRecord, obs: Observation) -> None:
-        """Fold a finished round into the engine; the record shows the engine's state."""
+        """Fold a finished round into the engine and write the state it decided into the
+        record (the one writer of a record's state), logging a change."""
         self.commit(self.engine.observe(rec.endpoint.id, obs, self.clock.time()))
         node = self.engine.nodes.get(rec.endpoint.id)
-        if node is not None and node.state is not None:
-            rec.state = node.state
+        if node is None or node.state is None:
+            return
+        previous, rec.state = rec.state, node.state
+        # Startup into "up" is no news; everything else is.
+        if node.state is not previous and not (previous is None and node.state is State.UP):
+            event(log, logging.INFO, "state_changed", endpoint=rec.endpoint.id,
+                  probe=rec.probe, previous=previous.value if previous else "none",
+                  state=node.state.value, loss=f"{obs.loss_ratio:.2f}",
+                  failure=obs.failure or "")  # fmt: skip
 
     def reload(self, config: Config) -> None:
         """Adopt a reloaded config."""

@@ -17,8 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from vcmon import __version__
-from vcmon.alerts.health import State
 from vcmon.config import Endpoint
+from vcmon.states import State
 
 BASE_LABELS = ("endpoint", "probe", "district", "level")
 _LABEL_NAME = re.compile(r"[^a-zA-Z0-9_]")

@@ -1,8 +1,9 @@
 """What the daemon currently knows about each endpoint: last round, running counters, state.
 
 One record per (endpoint, probe) pair, so an endpoint may carry several probes. Written by
-the scheduler after each round; read by the exposition (which renders a record's series as
-its round lands) and at request time by the status API.
+the scheduler after each round, except ``state``: the alert engine is its one writer (through
+the alert runtime), so a record no engine looks after shows none. Read by the exposition
+(which renders a record's series as its round lands) and at request time by the status API.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from vcmon.alerts.health import State, next_state
 from vcmon.config import Endpoint
 from vcmon.measure.probes.base import Tally
 from vcmon.measure.stats import Observation
+from vcmon.states import State
 
 # WAN round-trip buckets, 0.5 ms to 5 s: fine where LAN and fibre live, coarse where only
 # "bad" and "worse" matter.
@@ -59,7 +60,7 @@ class EndpointRecord:
     probe: str = ""  # the probe's name; the endpoint's primary probe when not given
     tally: Tally = field(default_factory=Tally)
     last: Observation | None = None
-    state: State | None = None
+    state: State | None = None  # written by the alert engine only (AlertRuntime.on_round)
     resolved: str | None = None  # the IP last probed, for hostname endpoints
     rounds: int = 0
     failures: int = 0  # rounds that could not probe at all
@@ -84,7 +85,7 @@ class EndpointRecord:
         return ep.id if self.probe == endpoint_probes(ep)[0] else f"{ep.id}/{self.probe}"
 
     def record(self, obs: Observation) -> None:
-        """Fold one round into the counters and state."""
+        """Fold one round into the counters (the state is the alert engine's to set)."""
         self.last = obs
         self.rounds += 1
         self.failures += obs.failure is not None
@@ -92,7 +93,6 @@ class EndpointRecord:
         self.received += obs.received
         for rtt in obs.rtts:
             self.histogram.add(rtt)
-        self.state = next_state(self.state, obs)
 
 
 class Results:

@@ -22,12 +22,10 @@ import math
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Final
+from typing import Final, Protocol
 
-from vcmon.alerts.health import State
 from vcmon.clock import Clock, SystemClock
 from vcmon.config import Endpoint
-from vcmon.http.metrics import SelfMetrics
 from vcmon.logs import event
 from vcmon.measure.grid import Grid, grid_up
 from vcmon.measure.probes.base import Probe, RoundResult, RoundSettings
@@ -39,6 +37,29 @@ log = logging.getLogger(__name__)
 
 TICKS: Final = (0.2, 0.1, 0.05, 0.04, 0.02, 0.01)  # s, coarsest first
 ROUNDS_PER_TICK: Final = 50  # round starts sharing a grid point, on average, at most
+
+
+class LagObserver(Protocol):
+    """A histogram the scheduler feeds (prometheus_client's Histogram is one)."""
+
+    def observe(self, amount: float, /) -> None: ...
+
+
+class SkipCounter(Protocol):
+    """A counter the scheduler adds to (prometheus_client's Counter is one)."""
+
+    def inc(self, amount: float = 1, /) -> None: ...
+
+
+class SchedulerMetrics(Protocol):
+    """What the scheduler reports about itself; the daemon hands it vcmon.http.metrics'
+    SelfMetrics, so measurement never imports the HTTP side."""
+
+    @property
+    def scheduler_lag(self) -> LagObserver: ...
+
+    @property
+    def rounds_skipped(self) -> SkipCounter: ...
 
 
 _UNKNOWN = "?"  # not yet looked at; ip_literal never returns it
@@ -108,7 +129,7 @@ class Scheduler:
         results: Results,
         probes: Mapping[str, Probe],
         resolver: Resolver,
-        self_metrics: SelfMetrics | None = None,
+        self_metrics: SchedulerMetrics | None = None,
         clock: Clock | None = None,
         tick: float | None = None,
         on_round: Callable[[EndpointRecord, Observation], None] | None = None,
@@ -119,7 +140,8 @@ class Scheduler:
         self._resolver = resolver
         self._metrics = self_metrics
         self._clock = clock or SystemClock()
-        self._on_round = on_round  # the alert engine: decides the state the record shows
+        # The alert runtime: the engine decides (and writes) the state the record shows.
+        self._on_round = on_round
         # The grid; None: auto_tick() of the inventory when run() starts. 0: exact phases.
         self.tick = tick
         self.grid = grid or Grid()  # shared with the probes' context: set when run() starts
@@ -220,21 +242,7 @@ class Scheduler:
             rec.resolved = ip
             result = await probe.run_round(ip, self._round_settings(rec), rec.tally)
         obs = observe(result, started, probe.voice)
-        previous = rec.state
         rec.record(obs)
         if self._on_round is not None:
             self._on_round(rec, obs)
         self.rounds_done += 1
-        # Startup into "up" is no news; everything else is.
-        if rec.state != previous and not (previous is None and rec.state is State.UP):
-            event(
-                log,
-                logging.INFO,
-                "state_changed",
-                endpoint=ep.id,
-                probe=rec.probe,
-                previous=previous.value if previous else "none",
-                state=rec.state.value if rec.state else "none",
-                loss=f"{obs.loss_ratio:.2f}",
-                failure=obs.failure or "",
-            )
