@@ -45,14 +45,13 @@ from typing import Protocol
 import httpx
 import pytest
 
+from tests.support.helpers import free_port, wait_for
 from vcmon.config import Config, load_config
 from vcmon_lab import netns
 from vcmon_lab.netns import Lab, LabNames
 from vcmon_lab.profiles import Profile
 from vcmon_lab.province import by_address, generate_profiles, lab_config, map_addresses
 from vcmon_lab.scenario import BoundScenario, ScenarioRunner, bind, load_scenario, parse_scenario
-
-from .helpers import free_port, wait_for
 
 _live_labs: dict[LabNames, Lab] = {}
 _lab_counter = itertools.count(1)
