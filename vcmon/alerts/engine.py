@@ -56,6 +56,7 @@ from vcmon.config import Endpoint
 from vcmon.config.alerts import AlertsConfig, Metric, Policy
 from vcmon.measure.stats import Observation
 from vcmon.text import slugify
+from vcmon.units import ms
 
 REACH_KINDS: Final = frozenset({Kind.ENDPOINT_DOWN, Kind.GROUP_DOWN})
 QUALITY_KINDS: Final = {Kind(m.kind): m for m in Metric}
@@ -114,14 +115,18 @@ def district_target(district: str) -> Target:
     return Target(DISTRICT_PREFIX + slugify(district), district, "", district, "district")
 
 
-def measurements(obs: Observation | None) -> Measurements:
-    """The figures of a round, in the units of the event contract."""
+def measurements(obs: Observation | None, decided_mos: float | None = None) -> Measurements:
+    """The figures of a round, in the units of the event contract.
+
+    ``mos`` is the round's own (``Observation.mos``, from its loss), except where the caller
+    gives ``decided_mos``: a ``mos_low`` alert carries the MOS its level was decided on (the
+    quality figure, from the loss pooled over the rounds of ``loss_pct.window``)."""
     if obs is None:
         return Measurements()
-    rtt, jitter, score = obs.rtt_avg, obs.jitter, obs.mos
+    rtt, score = obs.rtt_avg, obs.mos if decided_mos is None else decided_mos
     return Measurements(
-        rtt_ms=round(rtt * 1000.0, 3) if rtt is not None else None,
-        jitter_ms=round(jitter * 1000.0, 3) if jitter is not None else None,
+        rtt_ms=ms(rtt),
+        jitter_ms=ms(obs.jitter),
         loss_pct=round(obs.loss_ratio * 100.0, 1),
         mos=round(score, 2) if rtt is not None and score is not None else None,
     )
@@ -659,12 +664,19 @@ class AlertEngine:
                 detail: dict[str, Any] = {}
                 if kind is Kind.FLAPPING:
                     detail["settled"] = "up" if node.reach.confirmed_up is not False else "down"
-                self._close((atid, kind), now, out, detail, node.last)
+                self._close((atid, kind), now, out, detail, node.last, _decided_mos(node, kind))
         for want in wants:
-            self._open_or_update(node.target, want, node.last, now, out)
+            mos = _decided_mos(node, want.kind)
+            self._open_or_update(node.target, want, node.last, now, out, mos)
 
     def _open_or_update(
-        self, target: Target, want: Want, obs: Observation | None, now: float, out: _Collector
+        self,
+        target: Target,
+        want: Want,
+        obs: Observation | None,
+        now: float,
+        out: _Collector,
+        decided_mos: float | None = None,
     ) -> None:
         key = (target.id, want.kind)
         current = self.alerts.get(key)
@@ -677,7 +689,7 @@ class AlertEngine:
                 target=target,
                 started_at=started,
                 affected=want.affected,
-                measurements=measurements(obs),
+                measurements=measurements(obs, decided_mos),
                 detail=dict(want.detail),
             )
         else:
@@ -692,7 +704,9 @@ class AlertEngine:
                 affected=want.affected,
                 target=target,
                 detail={**current.detail, **want.detail},
-                measurements=measurements(obs) if obs is not None else current.measurements,
+                measurements=(
+                    measurements(obs, decided_mos) if obs is not None else current.measurements
+                ),
             )
         self.alerts[key] = alert
         out.upserted[alert.alert_id] = alert
@@ -704,6 +718,7 @@ class AlertEngine:
         out: _Collector,
         detail: Mapping[str, Any],
         obs: Observation | None = None,
+        decided_mos: float | None = None,
     ) -> None:
         alert = self.alerts.pop(key)
         out.upserted.pop(alert.alert_id, None)
@@ -711,7 +726,9 @@ class AlertEngine:
         if alert.notified:  # a resolve follows every firing that was sent, whatever else holds
             ended = alert.with_(
                 detail={**alert.detail, **detail},
-                measurements=measurements(obs) if obs is not None else alert.measurements,
+                measurements=(
+                    measurements(obs, decided_mos) if obs is not None else alert.measurements
+                ),
             )
             out.events.append(self._event(ended, Status.RESOLVED, now, ended_at=now))
 
@@ -794,6 +811,11 @@ class _Collector:
             events=tuple(self.events),
             silences=tuple(self.silences),
         )
+
+
+def _decided_mos(node: Node, kind: Kind) -> float | None:
+    """The MOS a ``mos_low`` decision of ``node`` rests on (None for any other kind)."""
+    return node.quality.tracks[Metric.MOS].value if kind is Kind.MOS_LOW else None
 
 
 def _verdict_inputs(reach: Reach) -> tuple[bool | None, bool | None, bool]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from vcmon.alerts.model import Severity
 from vcmon.config.alerts import Metric, QualityPolicy, QualityRule
 from vcmon.measure.stats import Observation, mos
+from vcmon.units import MS
 
 NONE, WARNING, CRITICAL = 0, 1, 2
 SEVERITY_OF_LEVEL = {WARNING: Severity.WARNING, CRITICAL: Severity.CRITICAL}
@@ -99,11 +100,13 @@ def values(
     rtt = obs.rtt_avg
     jitter = obs.jitter
     # Pooled loss here too: one lost echo of five would otherwise sink a round's MOS to ~2.2.
-    score = mos(rtt, jitter, (pooled or 0.0) / 100.0) if rtt is not None else None
+    # This is the MOS a mos_low alert is decided on, and the one its events carry. None for a
+    # probe whose RTT is not a media path, as the round's own MOS is.
+    score = mos(rtt, jitter, (pooled or 0.0) / 100.0) if rtt is not None and obs.voice else None
     return {
         Metric.LOSS: pooled,
-        Metric.RTT: rtt * 1000.0 if rtt is not None else None,
-        Metric.JITTER: jitter * 1000.0 if jitter is not None else None,
+        Metric.RTT: rtt * MS if rtt is not None else None,
+        Metric.JITTER: jitter * MS if jitter is not None else None,
         Metric.MOS: score,
     }
 

@@ -25,6 +25,7 @@ from rich.text import Text
 from vcmon import logs
 from vcmon.cli.output import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, err, out
 from vcmon.config import Config, ConfigError
+from vcmon.units import MS
 
 if TYPE_CHECKING:
     from vcmon_lab.control import LabHome, LabStatus
@@ -200,8 +201,8 @@ def _profile_cells(live: Profile | None, base: Profile | None) -> list[str]:
         return ["—"] * 6
     burst = f"{live.burst_p:g}/{live.burst_r:g}" if live.burst_p > 0 else ""
     return [
-        f"{live.delay * 1000:.1f}",
-        f"{live.jitter * 1000:.1f}",
+        f"{live.delay * MS:.1f}",
+        f"{live.jitter * MS:.1f}",
         f"{live.loss * 100:.1f}",
         burst,
         "up" if live.up else "[bold red]down[/]",

@@ -23,6 +23,7 @@ from vcmon.http.auth import ANONYMOUS_WRITER, Access, Identity, Need, load_web_c
 from vcmon.http.exposition import EndpointExposition, Fragments, accepts_gzip, negotiate
 from vcmon.http.server import Handler, HttpServer, Request, Response, text
 from vcmon.measure.results import EndpointRecord, Results
+from vcmon.units import ms
 
 if TYPE_CHECKING:
     from vcmon.alerts.model import Alert, Silence
@@ -133,10 +134,6 @@ def silence_doc(s: Silence, now: float) -> dict[str, Any]:
     }
 
 
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value * 1000.0, 3)
-
-
 def endpoint_status(rec: EndpointRecord) -> dict[str, Any]:
     """One endpoint's identity, state and last observation as JSON-ready data."""
     ep = rec.endpoint
@@ -162,12 +159,12 @@ def endpoint_status(rec: EndpointRecord) -> dict[str, Any]:
             "received": obs.received,
             "loss_pct": round(obs.loss_ratio * 100.0, 2),
             "rtt_ms": {
-                "min": _ms(obs.rtt_min),
-                "avg": _ms(obs.rtt_avg),
-                "median": _ms(obs.rtt_median),
-                "max": _ms(obs.rtt_max),
+                "min": ms(obs.rtt_min),
+                "avg": ms(obs.rtt_avg),
+                "median": ms(obs.rtt_median),
+                "max": ms(obs.rtt_max),
             },
-            "jitter_ms": _ms(obs.jitter),
+            "jitter_ms": ms(obs.jitter),
             "mos": round(obs.mos, 2) if obs.mos is not None else None,
             "failure": obs.failure,
             "errors": dict(obs.errors),

@@ -10,6 +10,7 @@ from vcmon.measure.probes.base import Echo, Outcome, ProbeContext, RoundResult, 
 from vcmon.measure.probes.registry import kind
 from vcmon.measure.resolver import ResolveError, Resolver
 from vcmon.measure.stats import Observation, observe
+from vcmon.units import MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,7 @@ class ProbeRow:
 
 
 def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v * 1000:.3f}"
+    return "-" if v is None else f"{v * MS:.3f}"
 
 
 def _echo_cell(echo: Echo) -> str:

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from vcmon.measure.probes.base import Outcome, RoundResult
+from vcmon.units import MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +75,11 @@ def ipdv_jitter(rtts: tuple[float, ...] | list[float]) -> float | None:
 
 
 def mos(rtt_avg: float | None, jitter: float | None, loss_ratio: float) -> float:
-    """Simplified ITU-T G.107 E-model as PingPlotter documents it, clamped to [1, 4.5]."""
+    """Simplified ITU-T G.107 E-model as PingPlotter documents it, clamped to [1, 4.5]: the
+    one MOS formula (rounds, quality levels and events all use it; RTT and jitter in s)."""
     if rtt_avg is None:
         return 1.0
-    latency_ms = rtt_avg * 1000.0 + 2.0 * (jitter or 0.0) * 1000.0 + 10.0
+    latency_ms = rtt_avg * MS + 2.0 * (jitter or 0.0) * MS + 10.0
     if latency_ms < 160.0:
         r = 93.2 - latency_ms / 40.0
     else:
