@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vcmon.alerts.engine import AlertEngine
-from vcmon.alerts.health import State
 from vcmon.alerts.model import Alert, AlertEvent, Changes, HealthRecord, Silence, Snapshot
 from vcmon.config import Endpoint, Level, Timing
 from vcmon.config.alerts import AlertsConfig, Matchers
 from vcmon.measure.stats import Observation
+from vcmon.states import State
 
 START = 1_800_000_000.0  # Friday 2027-01-15, 15:00 in Asia/Ho_Chi_Minh
 INTERVAL = 10.0

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from tests.support.alert_harness import START, Harness, ep, obs
-from vcmon.alerts.health import State
+from vcmon.measure.stats import mos
+from vcmon.states import State
 
 F, T = False, True
 UP = "up"
@@ -683,3 +684,15 @@ def test_a_sink_failing_too_long_alerts_once_and_resolves() -> None:
     h.restart()  # not closed as an endpoint that left the inventory
     h.apply(h.engine.sink_health({"mqtt": None, "webhook": None}, h.now))
     assert h.log() == [fire("sink_failing", "sink:mqtt"), res("sink_failing", "sink:mqtt")]
+
+
+def test_a_mos_low_event_carries_the_mos_it_was_decided_on() -> None:
+    # One echo of five lost every other round: 10 % loss pooled over six rounds sinks the
+    # MOS, while the newest round itself lost nothing.
+    h = quality_story([{"lost": 1}, {}] * 8)
+    fired = {e.kind.value: e for e in h.events}
+    decided = mos(0.010, 0.0, 0.10)
+    assert fired["mos_low"].measurements.mos == round(decided, 2)
+    newest = obs(0.0)  # the round that fired both: nothing lost
+    assert newest.mos is not None
+    assert fired["loss_high"].measurements.mos == round(newest.mos, 2) != round(decided, 2)

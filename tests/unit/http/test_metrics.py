@@ -25,7 +25,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from vcmon.alerts.health import State
 from vcmon.config import load_config
 from vcmon.http.api import Api
 from vcmon.http.exposition import (
@@ -49,6 +48,7 @@ from vcmon.http.server import Request
 from vcmon.measure.probes.base import Echo, Outcome, RoundResult
 from vcmon.measure.results import RTT_BUCKETS, EndpointRecord, Results
 from vcmon.measure.stats import observe
+from vcmon.states import State
 
 # prometheus_client's OpenMetrics modules and utils carry no annotations.
 _om_latest: Callable[[CollectorRegistry], bytes] = om_exposition.generate_latest
@@ -123,6 +123,7 @@ def _round(*rtts_ms: float | None) -> RoundResult:
 
 def test_round_series_after_one_round(results: Results) -> None:
     results["co-to-dong-tien"].record(observe(_round(30.0, 34.0, None, 32.0, 30.0), 1000.0))
+    results["co-to-dong-tien"].state = State.UP  # as the alert engine sets it
     m = _scrape(results)
     labels = {
         "endpoint": "co-to-dong-tien",
@@ -151,6 +152,7 @@ def test_round_series_after_one_round(results: Results) -> None:
 
 def test_failed_round_reports_no_rtt_never_zero(results: Results) -> None:
     results["ha-long"].record(observe(_round(None, None, None), 1000.0))
+    results["ha-long"].state = State.DOWN  # as the alert engine sets it
     m = _scrape(results)
     labels = {"endpoint": "ha-long"}
     assert _one(m, "vcmon_up", **labels) == 0.0
