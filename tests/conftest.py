@@ -65,6 +65,27 @@ def _root_missing() -> str | None:
     return None
 
 
+# Markers follow from the fixtures a test uses, so `pytest -m "not root"` (or "not netns",
+# "not container") selects by what a test needs without every test repeating it.
+ROOT_FIXTURES = frozenset({"require_root"})
+NETNS_FIXTURES = frozenset({"lab", "province_lab"})
+CONTAINER_FIXTURES = frozenset({"image"})  # tests/system/test_container.py builds it
+SYSTEM = Path(__file__).parent / "system"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test root, netns and container from the fixtures it depends on."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        builds_image = bool(used & CONTAINER_FIXTURES) and SYSTEM in item.path.parents
+        if used & (ROOT_FIXTURES | NETNS_FIXTURES) or builds_image:
+            item.add_marker(pytest.mark.root)
+        if used & NETNS_FIXTURES or builds_image:
+            item.add_marker(pytest.mark.netns)
+        if builds_image:
+            item.add_marker(pytest.mark.container)
+
+
 @pytest.fixture(autouse=True)
 def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test (and every daemon it starts) keeps its alert state in its own directory,

@@ -964,6 +964,7 @@ DEPLOYMENTS = {
 }
 
 
+@pytest.mark.netns
 @pytest.mark.parametrize("how", list(DEPLOYMENTS))
 def test_runs_with_the_deployed_privileges(how: str, tmp_path: Path, require_root: None) -> None:
     """vcmon check and vcmon run as the deployment starts them (see the module docstring):

@@ -49,6 +49,9 @@ NO_KERNEL_ECHO = {"net/ipv4/icmp_echo_ignore_all": "1", "net/ipv6/icmp/echo_igno
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
+# Every test here needs root (the autouse fixture below) and most enter a fresh namespace.
+pytestmark = [pytest.mark.root, pytest.mark.netns]
+
 
 @pytest.fixture(autouse=True)
 def _root() -> None:
