@@ -25,8 +25,8 @@ demo: $(STAMP) debs
 	$(BIN)/vcmon demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check vcmon vcmon_lab tests bench
-	$(BIN)/ruff format --check vcmon vcmon_lab tests bench
+	$(BIN)/ruff check vcmon vcmon_lab tests bench exporters/schemas/generate.py
+	$(BIN)/ruff format --check vcmon vcmon_lab tests bench exporters/schemas/generate.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
