@@ -1,7 +1,7 @@
 """deploy/container/Containerfile, built and run: the image as the README deploys it.
 
 The image is built once for this module with rootful Podman, from the repository root, on a
-stand-in for its base image (tests/container_image.py says why and how), then run the ways
+stand-in for its base image (tests/support/container_image.py says why and how), then run the ways
 the deployment files run it: uid 10001, every capability dropped, read-only root with a tmpfs
 on /tmp, no new privileges, a named volume for the state, and
 
@@ -97,7 +97,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Image]:
     try:
         bases = base_images()
         assert bases == {"docker.io/library/python:3.11-slim-bookworm"}, (
-            f"{CONTAINERFILE} starts FROM {bases}: tests/container_image.py has a stand-in "
+            f"{CONTAINERFILE} starts FROM {bases}: tests/support/container_image.py has a stand-in "
             "only for python:3.11-slim-bookworm; teach it the new base"
         )
         tarball = stand_in_tarball()

@@ -276,7 +276,7 @@ CORPUS: list[tuple[str, str]] = [
         "(did you mean 'console'?)",
     ),
     # Files that would crash or exhaust a loader without limits (issue 11); the FIFO, device
-    # and symlink cases are made at test time in tests/test_config_hardening.py.
+    # and symlink cases are made at test time in test_config_hardening.py.
     (
         "alias-bomb.yaml",
         "{d}/alias-bomb.yaml:2:41: aliases expand this file to more than 10,330 values "

@@ -1,4 +1,4 @@
-"""The MQTT sink against a real Mosquitto on a free loopback port (tests/mosquitto.py).
+"""The MQTT sink against a real Mosquitto on a free loopback port (tests/support/mosquitto.py).
 
 Every wait is on a condition with a deadline: a watcher client collects what the broker
 delivers, and a marker it publishes to itself proves that everything retained came before.
