@@ -65,7 +65,8 @@ from .test_deploy import (
     parse_containerfile,
 )
 
-pytestmark = pytest.mark.timeout(300)  # cold (debootstrap, then the build): about 1.5 min
+# cold (debootstrap, then the build): about 1.5 min
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 TAG = f"localhost/vcmon:{VERSION}"
 INSTANCE = "vcmon-test"

@@ -55,7 +55,7 @@ CLEAN = {
     for eid in ("tinh", "co-to", *CO_TO_CHILDREN, "van-don", "van-don-quan-lan")
 }
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]  # ~45 s a test: scenarios in real time
 
 
 class Daemon:

@@ -24,7 +24,7 @@ from vcmon.delivery.sinks.webhook import verify_signature
 
 from .test_alert_lab import CLEAN, INVENTORY, healthy, running, until
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 
 
 class Collector:
