@@ -327,7 +327,7 @@ class AlertRuntime:
         """An acknowledgement that arrived as a message (MQTT ``<prefix>/ack/<alert_id>``);
         what became of it: accepted, invalid, unknown_alert or not_stored (the state file
         cannot be written) (for vcmon_acks_total)."""
-        from vcmon.http.api import BadInput, parse_duration
+        from vcmon.alerts.durations import BadInput, parse_duration
 
         by = str(payload.get("by") or "mqtt")
         try:

@@ -163,7 +163,7 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
 
 def silence_add(args: argparse.Namespace) -> Output:
     """Create a silence; its id."""
-    from vcmon.http.api import BadInput, parse_duration
+    from vcmon.alerts.durations import BadInput, parse_duration
 
     matchers: dict[str, Any] = {
         name: getattr(args, name) for name in MATCHER_FIELDS if getattr(args, name) is not None
@@ -218,7 +218,7 @@ def alerts_ack(args: argparse.Namespace) -> Output:
     """Acknowledge an open alert."""
     from urllib.parse import quote
 
-    from vcmon.http.api import BadInput, parse_duration
+    from vcmon.alerts.durations import BadInput, parse_duration
 
     body: dict[str, Any] = {"comment": args.comment}
     if args.duration is not None:

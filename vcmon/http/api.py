@@ -7,7 +7,6 @@ import dataclasses
 import datetime as dt
 import functools
 import json
-import math
 import re
 import time
 import unicodedata
@@ -19,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from vcmon import __version__
+from vcmon.alerts.durations import BadInput, parse_duration, shown
 from vcmon.http.auth import ANONYMOUS_WRITER, Access, Identity, Need, load_web_config
 from vcmon.http.exposition import EndpointExposition, Fragments, accepts_gzip, negotiate
 from vcmon.http.server import Handler, HttpServer, Request, Response, text
@@ -30,57 +30,14 @@ if TYPE_CHECKING:
     from vcmon.alerts.runtime import AlertRuntime
     from vcmon.config.alerts import Matchers
 
-MAX_SILENCE: Final = 30 * 86400.0  # s; longer than a month is forgetting, not silencing
 DAY: Final = 86400.0  # s of ended alerts listed unless `since` says otherwise
-_DURATION: Final = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", re.ASCII)
 MAX_BODY: Final = 64 * 1024  # bytes of a JSON request; a silence is a few hundred
 MAX_JSON_DEPTH: Final = 32  # nested objects and arrays; a silence needs 3
 MAX_TEXT: Final = 1024  # bytes (UTF-8) of any text field, the comment included
 MAX_NAME: Final = 128  # bytes of created_by and by
 MAX_ID: Final = 128  # characters of an id in a path, and of a query value
-MAX_DURATION_TEXT: Final = 32  # characters of a duration such as 1d2h3m4s
 MAX_AHEAD: Final = 366 * 86400.0  # s; a silence may be planned up to a year ahead
 MAX_BEHIND: Final = 86400.0  # s; and may have started up to a day ago
-
-
-class BadInput(ValueError):
-    """A request the API refuses; the message says which field and what was expected."""
-
-
-def parse_duration(value: object) -> float:
-    """'90s', '15m', '2h', '1d', '1h30m' or a number of seconds → seconds (> 0, ≤ 30 days)."""
-    if isinstance(value, bool) or value is None:
-        raise BadInput("duration: required, expected e.g. 2h, 30m, 1h30m or seconds")
-    shown = _shown(value)
-    if isinstance(value, int | float):
-        # Compared before any conversion: a 400-digit integer has no float.
-        if (isinstance(value, float) and not math.isfinite(value)) or not 0 < value <= MAX_SILENCE:
-            raise BadInput(f"duration: expected more than 0 and at most 30 days, got {shown}")
-        return float(value)
-    if not isinstance(value, str):
-        raise BadInput(f"duration: expected e.g. 2h, 30m, 1h30m or seconds, got {shown}")
-    text = value.strip()
-    if len(text) > MAX_DURATION_TEXT:
-        raise BadInput(f"duration: expected e.g. 2h, 30m, 1h30m or seconds, got {shown}")
-    if text.isascii() and text.isdigit():
-        total = int(text)
-    else:
-        m = _DURATION.fullmatch(text)
-        if not m or not any(m.groups()):
-            raise BadInput(f"duration: expected e.g. 2h, 30m, 1h30m or seconds, got {shown}")
-        d, h, mi, se = (int(g or 0) for g in m.groups())
-        total = ((d * 24 + h) * 60 + mi) * 60 + se
-    if not 0 < total <= MAX_SILENCE:
-        raise BadInput(f"duration: expected more than 0 and at most 30 days, got {shown}")
-    return float(total)
-
-
-def _shown(value: object, limit: int = 40) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for error messages."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
-        return f"a number of {len(str(abs(value)))} digits"
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _iso(ts: float) -> str | None:
@@ -305,7 +262,7 @@ class Api:
         unknown = sorted(set(request.query) - set(known))
         if unknown:
             # A misspelt filter would otherwise answer every alert, which reads as "all of these".
-            name = _shown(unknown[0]).strip("'")
+            name = shown(unknown[0]).strip("'")
             raise BadInput(f"{name}: unknown filter, expected one of {', '.join(known)}")
         for name, values in request.query.items():
             for value in values:
@@ -372,7 +329,7 @@ class Api:
                            "silence would be over before it is created")  # fmt: skip
         if starts_at is not None and not now - MAX_BEHIND <= starts_at <= now + MAX_AHEAD:
             raise BadInput("starts_at: expected a time from a day ago to a year ahead, got "
-                           f"{_shown(body['starts_at'])}")  # fmt: skip
+                           f"{shown(body['starts_at'])}")  # fmt: skip
         silence = runtime.add_silence(matchers, duration, created_by, comment, starts_at)
         return json_response(silence_doc(silence, runtime.clock.time()), 201)
 
@@ -435,7 +392,7 @@ def _json_body(request: Request, fields: tuple[str, ...]) -> dict[str, Any]:
     for name in doc:
         if name not in fields:
             # Typos such as "author" for "created_by" get named rather than silently dropped.
-            raise BadInput(f"{_shown(name).strip(chr(39))}: unknown field, expected one of "
+            raise BadInput(f"{shown(name).strip(chr(39))}: unknown field, expected one of "
                            f"{', '.join(fields)}")  # fmt: skip
     _check_tree(doc, "")
     return doc

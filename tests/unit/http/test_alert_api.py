@@ -14,10 +14,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from tests.support.helpers import free_port
+from vcmon.alerts.durations import MAX_SILENCE, BadInput, parse_duration
 from vcmon.alerts.runtime import AlertRuntime
 from vcmon.clock import FakeClock
 from vcmon.config import load_config
-from vcmon.http.api import MAX_SILENCE, Api, BadInput, parse_duration, serve
+from vcmon.http.api import Api, serve
 from vcmon.http.server import HttpServer
 from vcmon.measure.results import Results
 from vcmon.measure.stats import Observation
