@@ -27,6 +27,7 @@ from vcmon.http.metrics import (
     info_fields,
 )
 from vcmon.measure.results import EndpointRecord, Results, RttHistogram
+from vcmon.states import State
 
 GZIP_LEVEL = 1  # 47 MB of text at 10,000 endpoints: speed matters more than the last percent
 
@@ -80,9 +81,12 @@ class _Labels:
 
     record: EndpointRecord
     base: str  # district="…",endpoint="…",level="…",probe="…"
-    before_le: str  # the base labels that sort before "le"
-    after_le: str  # and after it; reason, stat and state sort after every base label
     info: bytes  # its whole vcmon_endpoint_info sample
+    # Everything in a sample line but its value, made once per inventory change: a render
+    # runs for every round and then only formats numbers.
+    buckets: tuple[str, ...]  # 'vcmon_rtt_seconds_bucket{…,le="0.0005",…} ', one per bound
+    stats: tuple[str, ...]  # 'vcmon_round_rtt_seconds{…,stat="min"} ', one per statistic
+    states: dict[object, bytes]  # the whole vcmon_endpoint_state block, by current state
 
     @classmethod
     def of(cls, rec: EndpointRecord, info_names: list[str]) -> _Labels:
@@ -91,12 +95,26 @@ class _Labels:
         pairs = list(zip(BASE_LABELS, values, strict=True))
         fields = info_fields(ep)
         info = _label_text([*pairs, *((k, fields.get(k, "")) for k in info_names)])
+        b = _label_text(pairs)
+        # "le" sorts among the base labels; reason, stat and state sort after every one.
+        before_le = _label_text(p for p in pairs if p[0] < "le")
+        after_le = _label_text(p for p in pairs if p[0] > "le")
         return cls(
             record=rec,
-            base=_label_text(pairs),
-            before_le=_label_text(p for p in pairs if p[0] < "le"),
-            after_le=_label_text(p for p in pairs if p[0] > "le"),
+            base=b,
             info=f"vcmon_endpoint_info{{{info}}} 1.0\n".encode(),
+            buckets=tuple(
+                f'vcmon_rtt_seconds_bucket{{{before_le},le="{le}",{after_le}}} '
+                for le in _BUCKET_LE
+            ),
+            stats=tuple(f'vcmon_round_rtt_seconds{{{b},stat="{name}"}} ' for name in ROUND_STATS),
+            states={
+                current: "".join(
+                    f'vcmon_endpoint_state{{{b},state="{s}"}} {"1.0" if current == s else "0.0"}\n'
+                    for s in STATES
+                ).encode()
+                for current in (None, *State)
+            },
         )
 
     def render(self) -> Fragments:
@@ -105,11 +123,10 @@ class _Labels:
         rec, b, f = self.record, self.base, format_value
         hist = rec.histogram
         cumulative = list(itertools.accumulate(hist.counts))
-        bucket, after = f"vcmon_rtt_seconds_bucket{{{self.before_le},le=", f",{self.after_le}}}"
         rtt = (
             "".join(
-                f'{bucket}"{le}"{after} {v}\n'
-                for le, v in zip(_BUCKET_LE, _counts(cumulative), strict=True)
+                f"{prefix}{v}\n"
+                for prefix, v in zip(self.buckets, _counts(cumulative), strict=True)
             )
             + f"vcmon_rtt_seconds_count{{{b}}} {_counts(cumulative[-1:])[0]}\n"
             + f"vcmon_rtt_seconds_sum{{{b}}} {f(hist.total)}\n"
@@ -135,13 +152,9 @@ class _Labels:
             return (b"", rtt, b"", b"", b"", b"", *counters, b"", b"", self.info)
         stats = (obs.rtt_min, obs.rtt_avg, obs.rtt_median, obs.rtt_max)
         round_rtt = "".join(
-            f'vcmon_round_rtt_seconds{{{b},stat="{name}"}} {_or_nan(v)}\n'
-            for name, v in zip(ROUND_STATS, stats, strict=True)
+            f"{prefix}{_or_nan(v)}\n" for prefix, v in zip(self.stats, stats, strict=True)
         ).encode()
-        state = "".join(
-            f'vcmon_endpoint_state{{{b},state="{s}"}} {"1.0" if rec.state == s else "0.0"}\n'
-            for s in STATES
-        ).encode()
+        state = self.states[rec.state]
         return (
             f"vcmon_up{{{b}}} {'1.0' if obs.up else '0.0'}\n".encode(),
             rtt,
