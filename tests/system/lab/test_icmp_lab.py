@@ -251,8 +251,14 @@ async def test_profile_change_takes_effect(lab: LabFactory) -> None:
     rtts_before = [e.rtt for e in before.echoes if e.rtt is not None]
     rtts_after = [e.rtt for e in after.echoes if e.rtt is not None]
     assert len(rtts_before) == len(rtts_after) == FAST.count
-    assert all(0.002 <= r < 0.0025 for r in rtts_before), rtts_before
-    assert all(0.030 <= r < 0.0305 for r in rtts_after), rtts_after
+    # What this test shows is that the new profile applies from the next echo; accuracy is
+    # judged against the lab's truth elsewhere. A rare echo is a millisecond late when the
+    # host schedules the responder late (seen once in five full runs), so each round is judged
+    # by its median, and every echo only by a bound that still tells 2 ms from 30 ms.
+    assert 0.002 <= statistics.median(rtts_before) < 0.0025, rtts_before
+    assert all(0.002 <= r < 0.010 for r in rtts_before), rtts_before
+    assert 0.030 <= statistics.median(rtts_after) < 0.0305, rtts_after
+    assert all(0.030 <= r < 0.040 for r in rtts_after), rtts_after
     assert {e.outcome for e in down.echoes} == {Outcome.TIMEOUT}
 
 
